@@ -1,0 +1,34 @@
+"""Shared fixtures: every store test runs against SQLite and a live PostgreSQL."""
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.lineage.rdb import RDBStorage
+from tests.postgres import fresh_database, postgres_server
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lineage.db'}"
+    server = request.getfixturevalue("postgres_url")
+    return fresh_database(server, f"evo_test_{next(_counter)}")
+
+
+@pytest.fixture
+def storage(db_url: str) -> Iterator[RDBStorage]:
+    store = RDBStorage(db_url)
+    yield store
+    store.close()
