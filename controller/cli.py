@@ -19,6 +19,7 @@ from rich.console import Console
 
 from controller import addresses
 from controller import lineage_views as views
+from services.trainer.cli import sandbox, serve_trainer
 
 console = Console()
 RPC_TIMEOUT_SECONDS = 30.0
@@ -376,6 +377,12 @@ def pareto(search_id: int, metric: str, address: str | None, as_json: bool) -> N
         click.echo(f"search {search_id} has no scored candidates yet")
     else:
         console.print(views.pareto_table(points))
+
+
+# ---------------------------------------------------------------- other services' commands
+
+serve.add_command(serve_trainer, "trainer")
+main.add_command(sandbox)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,243 @@
+"""`evo serve trainer` and `evo sandbox run`: the trainer from the command line."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+BACKEND_CHOICE = click.Choice(["bwrap", "docker", "process"])
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _config(
+    backend: str,
+    slots: int,
+    threads: int,
+    warm: int,
+    max_queue: int,
+    time_limit: float,
+    memory_mb: int,
+    allow_unisolated: bool,
+):  # type: ignore[no-untyped-def]
+    from services.trainer.sandbox.base import MIB, Limits
+    from services.trainer.server import TrainerConfig
+
+    return TrainerConfig(
+        backend=backend,
+        slots=slots,
+        threads_per_slot=threads,
+        warm=warm,
+        max_queue=max_queue,
+        limits=Limits(wall_seconds=time_limit, memory_bytes=memory_mb * MIB),
+        allow_unisolated=allow_unisolated or os.environ.get("EVO_ALLOW_UNISOLATED") == "1",
+    )
+
+
+backend_option = click.option(
+    "--backend",
+    type=BACKEND_CHOICE,
+    default=lambda: os.environ.get("EVO_SANDBOX", "bwrap"),
+    show_default="bwrap ($EVO_SANDBOX)",
+    help="bwrap: bubblewrap namespaces; docker: a container per evaluation; "
+    "process: no isolation, development only.",
+)
+unisolated_option = click.option(
+    "--allow-unisolated",
+    is_flag=True,
+    help="Permit the process backend, which does not isolate the candidate.",
+)
+
+
+@click.command("trainer")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=50052, show_default=True)
+@backend_option
+@click.option("--slots", default=1, show_default=True, help="Evaluations run at once.")
+@click.option(
+    "--threads-per-slot", default=1, show_default=True, help="CPU threads each evaluation may use."
+)
+@click.option("--warm", default=None, type=int, help="Sandboxes kept pre-started [default: slots].")
+@click.option(
+    "--max-queue",
+    default=16,
+    show_default=True,
+    help="Evaluations waiting for a slot before RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--time-limit",
+    default=900.0,
+    show_default=True,
+    help="Longest wall-clock seconds any evaluation may ask for.",
+)
+@click.option(
+    "--memory-limit-mb",
+    default=4096,
+    show_default=True,
+    help="Most memory any evaluation may ask for.",
+)
+@unisolated_option
+@click.option("--log-level", default=None)
+def serve_trainer(
+    host: str,
+    port: int,
+    backend: str,
+    slots: int,
+    threads_per_slot: int,
+    warm: int | None,
+    max_queue: int,
+    time_limit: float,
+    memory_limit_mb: int,
+    allow_unisolated: bool,
+    log_level: str | None,
+) -> None:
+    """The sandbox trainer: trains and scores untrusted programs."""
+    from services.common import logs
+    from services.common import server as grpc_server
+    from services.trainer import server
+
+    logs.setup(log_level)
+    config = _config(
+        backend,
+        slots,
+        threads_per_slot,
+        slots if warm is None else warm,
+        max_queue,
+        time_limit,
+        memory_limit_mb,
+        allow_unisolated,
+    )
+    try:
+        trainer = server.Trainer(config)
+        service = server.start(trainer, host, port)
+    except (RuntimeError, OSError) as e:
+        _fail(str(e))
+    click.echo(
+        f"trainer serving on {host}:{service.port} ({backend} sandbox, {slots} slots)", err=True
+    )
+    grpc_server.serve_forever(service)
+    trainer.close()
+
+
+@click.group()
+def sandbox() -> None:
+    """Run one candidate through the sandbox, as a search would."""
+
+
+@sandbox.command("run")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--task", default="mnist1d", show_default=True)
+@click.option("--steps", default=0, help="Training steps [default: the task's, 8000 for mnist1d].")
+@click.option("--seed", default=0, show_default=True)
+@backend_option
+@click.option("--time-limit", default=600.0, show_default=True, help="Wall-clock seconds.")
+@click.option("--memory-limit", "memory_mb", default=4096, show_default=True, help="MB.")
+@click.option("--threads", default=1, show_default=True)
+@unisolated_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def sandbox_run(
+    file: Path,
+    task: str,
+    steps: int,
+    seed: int,
+    backend: str,
+    time_limit: float,
+    memory_mb: int,
+    threads: int,
+    allow_unisolated: bool,
+    as_json: bool,
+) -> None:
+    """Evaluate one candidate FILE and print its status, scores and log tail."""
+    from evo.v1 import trainer_pb2 as pb
+
+    from services.trainer.evaluator import BadRequest
+    from services.trainer.server import Trainer
+
+    config = _config(backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated)
+    request = pb.EvaluateRequest(
+        program=pb.Program(
+            code=file.read_text(errors="replace"), language=pb.PROGRAM_LANGUAGE_PYTORCH
+        ),
+        task=task,
+        budget=pb.Budget(steps=steps, seed=seed),
+        request_id=file.name,
+    )
+    progress = None
+    if not as_json and sys.stderr.isatty():
+
+        def progress(p: dict[str, Any]) -> None:
+            click.echo(
+                f"\r  step {p.get('step')}/{p.get('total_steps')} "
+                f"loss {p.get('train_loss', 0):.3f}",
+                nl=False,
+                err=True,
+            )
+
+    try:
+        trainer = Trainer(config)
+    except RuntimeError as e:
+        _fail(str(e))
+    try:
+        result = trainer.evaluate(request, progress)
+    except BadRequest as e:
+        _fail(str(e))
+    finally:
+        trainer.close()
+    if progress:
+        click.echo("", err=True)
+    if as_json:
+        click.echo(json.dumps(result_dict(result), indent=2))
+    else:
+        print_result(result)
+    sys.exit(0 if result.status == 1 else 2)
+
+
+def result_dict(result: Any) -> dict[str, Any]:
+    from evo.v1 import common_pb2
+    from google.protobuf.json_format import MessageToDict
+
+    data = MessageToDict(
+        result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    data["status"] = common_pb2.EvalStatus.Name(result.status).removeprefix("EVAL_STATUS_")
+    return data
+
+
+def print_result(result: Any) -> None:
+    from evo.v1 import common_pb2
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result.metrics
+    status = common_pb2.EvalStatus.Name(result.status).removeprefix("EVAL_STATUS_")
+    table = Table(show_header=False, title="Evaluation")
+    rows = [("status", status)]
+    if result.message:
+        rows.append(("message", result.message))
+    if result.status == common_pb2.EVAL_STATUS_OK:
+        rows += [
+            ("parameters", f"{m.num_params:,}"),
+            ("best val accuracy", f"{m.best_val_accuracy:.4f}"),
+            ("test accuracy", f"{m.test_accuracy:.4f}"),
+            ("fitness", f"{-(m.num_params * m.best_val_error):.1f}"),
+            ("steps", str(m.steps_completed)),
+            ("train time", f"{m.train_seconds:.1f} s"),
+        ]
+    sandbox = result.sandbox
+    rows += [
+        ("wall time", f"{result.wall_seconds:.1f} s"),
+        ("sandbox", f"{sandbox.backend}" + ("" if sandbox.isolated else " (NOT ISOLATED)")),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console = Console()
+    console.print(table)
+    if result.log_tail.strip():
+        console.print("log tail:")
+        console.print("\n".join(result.log_tail.splitlines()[-20:]), markup=False, highlight=False)

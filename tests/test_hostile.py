@@ -1,0 +1,215 @@
+"""Hostile candidates through the real Trainer service: every attack must be contained.
+
+Runs this project's own attacks (tests/hostile/) and every file of ../shared/hostile/
+when that folder exists, on the bwrap backend and, where a Docker engine is
+reachable, the docker backend. Each file's `# expect:` is checked below; and for
+every file: no canary leaks, the host listener hears nothing, no file appears
+outside, no sandbox process outlives the evaluation, the service answers the next call.
+"""
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from evo.v1 import common_pb2 as common
+from evo.v1 import trainer_pb2 as pb
+from evo.v1 import trainer_pb2_grpc as pb_grpc
+
+from services.trainer import server
+from services.trainer.sandbox.base import GIB, Limits
+from services.trainer.sandbox.local import SANDBOX_UID_BASE, SANDBOX_UID_COUNT
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "hostile"
+FILES = sorted((ROOT / "tests" / "hostile").glob("*.py"))
+if SHARED.is_dir():
+    FILES += sorted(SHARED.glob("*.py"))
+
+WALL_SECONDS = 12.0
+CANARY_DIR = Path("/tmp/evo-canary")
+LISTEN = ("127.0.0.1", 47999)
+OUTSIDE = [
+    Path("/tmp/evo-pwned"),
+    Path("/tmp/evo-pwned-later"),
+    Path.home() / "evo-pwned",
+    Path("/tmp/evo-daemon-alive"),
+    Path("/tmp/result.json"),
+    Path("/tmp/fill"),
+]
+
+Check = Callable[[pb.EvaluateResponse], bool]
+OK, INVALID, REJECTED = (
+    common.EVAL_STATUS_OK,
+    common.EVAL_STATUS_INVALID,
+    common.EVAL_STATUS_REJECTED,
+)
+TIMEOUT, OOM, CRASHED = (
+    common.EVAL_STATUS_TIMEOUT,
+    common.EVAL_STATUS_OOM,
+    common.EVAL_STATUS_CRASHED,
+)
+
+EXPECT: dict[str, Check] = {
+    "fake_metrics.py": lambda r: r.status == OK and r.metrics.test_accuracy < 0.25,
+    "flood_output.py": lambda r: r.status == CRASHED and len(r.log_tail.encode()) <= 16 * 1024,
+    "fork_bomb.py": lambda r: r.status != OK and r.wall_seconds < WALL_SECONDS + 15,
+    "giant_model.py": lambda r: r.status == REJECTED and "4,298,375,178" in r.message,
+    "infinite_loop.py": lambda r: r.status == TIMEOUT,
+    "kill_parent.py": lambda r: r.status in (OK, CRASHED),
+    "memory_bomb.py": lambda r: r.status == OOM,
+    "network_egress.py": lambda r: "CONNECTED" not in r.log_tail,
+    "read_host_secret.py": lambda r: r.status == OK,
+    "sleeper_daemon.py": lambda r: r.status == OK,
+    "syntax_error.py": lambda r: r.status == INVALID and "line 5" in r.message,
+    "write_outside.py": lambda r: r.status == OK,
+    "forge_result.py": lambda r: r.status != OK or r.metrics.test_accuracy < 0.25,
+    "zip_bomb_result.py": lambda r: r.status == CRASHED and "malformed" in r.message,
+    "fill_disk.py": lambda r: r.status in (OK, CRASHED),
+    "escalate.py": lambda r: r.status == OK and "ESCALATED" not in r.log_tail,
+    "wrong_shape.py": lambda r: r.status == INVALID and "expected (2, 10)" in r.message,
+}
+
+
+class Listener:
+    """The host's TCP listener that no candidate may reach."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(LISTEN)
+        self.sock.settimeout(0.2)
+        self.connections = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def canaries() -> Iterator[dict[str, str]]:
+    values = {"env": f"env-{secrets.token_hex(8)}", "file": f"file-{secrets.token_hex(8)}"}
+    os.environ["EVO_CANARY_SECRET"] = values["env"]
+    CANARY_DIR.mkdir(exist_ok=True)
+    (CANARY_DIR / "secret.txt").write_text(values["file"])
+    yield values
+    os.environ.pop("EVO_CANARY_SECRET", None)
+
+
+@pytest.fixture(scope="module")
+def listener() -> Iterator[Listener]:
+    lis = Listener()
+    yield lis
+    lis.close()
+
+
+def docker_ready() -> str:
+    """Why the docker backend cannot run here, or '' if it can."""
+    try:
+        from services.trainer.sandbox.docker import DockerBackend
+    except ImportError as e:
+        return f"docker backend unavailable: {e}"
+    try:
+        DockerBackend(Limits()).close()
+    except Exception as e:
+        return str(e)
+    return ""
+
+
+@pytest.fixture(scope="module", params=["bwrap", "docker"])
+def served(
+    request: pytest.FixtureRequest, canaries: dict[str, str]
+) -> Iterator[tuple[pb_grpc.TrainerStub, server.Trainer]]:
+    if request.param == "docker" and (why := docker_ready()):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the docker backend: {why}")
+        pytest.skip(why)
+    config = server.TrainerConfig(
+        backend=request.param,
+        slots=1,
+        warm=1,
+        limits=Limits(wall_seconds=WALL_SECONDS, memory_bytes=2 * GIB),
+    )
+    trainer = server.Trainer(config)
+    service = server.start(trainer, "127.0.0.1", 0)
+    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        yield pb_grpc.TrainerStub(channel), trainer
+    service.stop(grace=1)
+    trainer.close()
+
+
+def sandbox_processes(trainer: server.Trainer) -> list[int]:
+    """Processes running as a sandbox uid, other than the pre-started ones waiting for a job."""
+    waiting = {getattr(sb, "uid", None) for sb in list(trainer.pool.ready.queue)}
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            uid_line = next(ln for ln in status.read_text().splitlines() if ln.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        uid = int(uid_line.split()[1])
+        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT and uid not in waiting:
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.parent.name}/{p.name}" for p in FILES])
+def test_hostile_candidate_is_contained(
+    path: Path,
+    served: tuple[pb_grpc.TrainerStub, server.Trainer],
+    canaries: dict[str, str],
+    listener: Listener,
+) -> None:
+    stub, trainer = served
+    for leftover in OUTSIDE:
+        leftover.unlink(missing_ok=True)
+    before = listener.connections
+    request = pb.EvaluateRequest(
+        program=pb.Program(code=path.read_text()),
+        task="mnist1d",
+        budget=pb.Budget(steps=100, seed=1),
+        request_id=path.name,
+    )
+    result = stub.Evaluate(request, timeout=WALL_SECONDS + 60)
+
+    expect = EXPECT.get(path.name)
+    shown = f"{path.name}: status {common.EvalStatus.Name(result.status)} {result.message!r}"
+    assert expect is None or expect(result), shown
+    text = result.SerializeToString().decode(errors="ignore")
+    assert canaries["env"] not in text and canaries["file"] not in text, f"{shown}: canary leaked"
+    if path.name == "sleeper_daemon.py":
+        time.sleep(6)  # the daemon would have written its file by now
+    assert listener.connections == before, f"{shown}: the host listener was reached"
+    assert [p for p in OUTSIDE if p.exists()] == [], f"{shown}: wrote outside the sandbox"
+    assert sandbox_processes(trainer) == [], f"{shown}: a sandbox process outlived the evaluation"
+    capacity = stub.GetCapacity(pb.GetCapacityRequest(), timeout=10)
+    assert capacity.slots_busy == 0
+
+
+def test_service_still_trains_after_the_attacks(
+    served: tuple[pb_grpc.TrainerStub, server.Trainer],
+) -> None:
+    stub, _ = served
+    code = (ROOT / "services/trainer/tasks/seeds/mnist1d/cnn.py").read_text()
+    request = pb.EvaluateRequest(
+        program=pb.Program(code=code), task="mnist1d", budget=pb.Budget(steps=200, seed=1)
+    )
+    result = stub.Evaluate(request, timeout=120)
+    assert result.status == OK and result.metrics.num_params == 5210
+    assert result.sandbox.isolated
