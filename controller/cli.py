@@ -19,6 +19,7 @@ from rich.console import Console
 
 from controller import addresses
 from controller import lineage_views as views
+from services.proposer.cli import propose, serve_lm
 from services.trainer.cli import sandbox, serve_trainer
 
 console = Console()
@@ -382,7 +383,9 @@ def pareto(search_id: int, metric: str, address: str | None, as_json: bool) -> N
 # ---------------------------------------------------------------- other services' commands
 
 serve.add_command(serve_trainer, "trainer")
+serve.add_command(serve_lm, "lm")
 main.add_command(sandbox)
+main.add_command(propose)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,9 @@ def served(
 
 def sandbox_processes(trainer: server.Trainer) -> list[int]:
     """Processes running as a sandbox uid, other than the pre-started ones waiting for a job."""
+    deadline = time.monotonic() + 60  # let the pool finish pre-starting its replacement
+    while trainer.pool.ready.qsize() < trainer.config.warm and time.monotonic() < deadline:
+        time.sleep(0.1)
     waiting = {getattr(sb, "uid", None) for sb in list(trainer.pool.ready.queue)}
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):

@@ -13,7 +13,7 @@ from evo.v1 import lineage_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Engine, exists, func, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, defer, selectinload, sessionmaker
 
 from services.common.codehash import code_hash, normalized_hash
 from services.lineage import db
@@ -512,22 +512,22 @@ class RDBStorage(LineageStorage):
     def _walk(self, candidate_id: int, max_depth: int, *, up: bool) -> list[pb.LineageEntry]:
         """Every candidate reachable through parent links, with its nearest distance.
 
-        The recursive query collects the reachable set (each candidate once, so
-        diamond-shaped families stay linear); distances come from a BFS over
-        the edges of that set.
+        The recursive query collects the reachable edges (each once, so
+        diamond-shaped families stay linear); distances come from a BFS over them.
         """
         if max_depth < 0:
             raise InvalidArgument("max_depth must be 0 (no limit) or more")
         src, dst = ("child_id", "parent_id") if up else ("parent_id", "child_id")
+        # Collect the edges themselves: each edge once, and every step an index lookup
+        # (an IN over the reachable set made PostgreSQL scan all edges).
         reach = text(
             f"""
-            WITH RECURSIVE reach(id) AS (
-                SELECT {dst} FROM candidate_parents WHERE {src} = :start
+            WITH RECURSIVE walk(a, b) AS (
+                SELECT {src}, {dst} FROM candidate_parents WHERE {src} = :start
                 UNION
-                SELECT cp.{dst} FROM candidate_parents cp JOIN reach r ON cp.{src} = r.id
+                SELECT cp.{src}, cp.{dst} FROM candidate_parents cp JOIN walk w ON cp.{src} = w.b
             )
-            SELECT cp.{src}, cp.{dst} FROM candidate_parents cp
-            WHERE cp.{src} = :start OR cp.{src} IN (SELECT id FROM reach)
+            SELECT a, b FROM walk
             """
         )
         with self._read() as s:
@@ -547,9 +547,10 @@ class RDBStorage(LineageStorage):
                         depth[nxt] = depth[node] + 1
                         queue.append(nxt)
             del depth[candidate_id]
-            rows = {
-                r.id: r for r in s.scalars(_candidates().where(CandidateRow.id.in_(list(depth))))
-            }
+            query = _candidates().options(
+                defer(CandidateRow.code), defer(CandidateRow.raw_completion)
+            )
+            rows = {r.id: r for r in s.scalars(query.where(CandidateRow.id.in_(list(depth))))}
             order = sorted(depth, key=lambda i: (depth[i], i))
             return [
                 pb.LineageEntry(

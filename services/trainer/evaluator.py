@@ -158,6 +158,11 @@ def judge(job: Job, raw: RawRun) -> pb.EvaluateResponse:
     if raw.result_overflow:
         return _fail(common.EVAL_STATUS_CRASHED, "returned a result over the size limit")
     if raw.result is None:
+        if raw.oom_killed:
+            return _fail(
+                common.EVAL_STATUS_OOM,
+                f"killed for going over the {lim.memory_bytes:,}-byte memory limit",
+            )
         if raw.signal_name == "SIGXCPU":
             return _fail(common.EVAL_STATUS_TIMEOUT, "ran past its CPU-time limit")
         if raw.signal_name == "SIGKILL":

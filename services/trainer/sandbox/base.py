@@ -65,6 +65,8 @@ class RawRun:
     log_tail: str = ""
     output_bytes: int = 0
     wall_seconds: float = 0.0
+    # The memory cgroup killed it (container backends; the local ones cannot tell).
+    oom_killed: bool = False
 
 
 ProgressFn = Callable[[dict[str, Any]], None]

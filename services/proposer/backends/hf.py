@@ -1,0 +1,159 @@
+"""A local Hugging Face causal LM: batched sampling, seeding, soft prompts.
+
+All samples of one prompt come from one `generate` call (`num_return_sequences=n`): the
+prompt is encoded once and the n sequences decode as one batch, which on a CPU or GPU costs
+little more per step than one sequence. Generation and tuning share one model, so a lock
+serialises them; torch's global RNG is seeded inside that lock, which makes a seeded call
+reproducible whatever runs around it.
+"""
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.proposer import model_files, prompt_tuning
+from services.proposer.backends.base import (
+    Backend,
+    Capabilities,
+    Completion,
+    Info,
+    InvalidRequest,
+    Sampling,
+    TuneResult,
+    TuneSettings,
+)
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        adapter_dir: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder, self.model_id = model_files.resolve(model, cache_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        self.model.eval()
+        # Adapters are tied to the weights they were trained on: the folder names them.
+        self.model_key = f"{self.model_id}@{folder.resolve().name}"
+        self.store = prompt_tuning.AdapterStore(adapter_dir)
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self.eos_ids[0]
+        self._lock = threading.Lock()
+        max_positions = getattr(self.model.config, "max_position_embeddings", 0) or 2048
+        self.max_context = int(max_positions)
+
+    def _eos_ids(self) -> list[int]:
+        """Every token that ends a turn: a GGUF's metadata and the generation config differ."""
+        found: list[int] = []
+        configured = self.model.generation_config.eos_token_id
+        for value in [configured, self.tokenizer.eos_token_id]:
+            for token in value if isinstance(value, list) else [value]:
+                if token is not None and token not in found:
+                    found.append(int(token))
+        for text in ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>"):
+            token = self.tokenizer.convert_tokens_to_ids(text)
+            if isinstance(token, int) and token != self.tokenizer.unk_token_id:
+                found.append(token) if token not in found else None
+        return found
+
+    def info(self) -> Info:
+        return Info(
+            backend=self.name,
+            model_id=self.model_id,
+            capabilities=Capabilities(
+                prompt_tuning=True,
+                adapters=True,
+                batched_sampling=True,
+                max_context_tokens=self.max_context,
+            ),
+            adapter_ids=self.store.ids(),
+        )
+
+    def generate(
+        self, prompt: str, n: int, sampling: Sampling, adapter_id: str = ""
+    ) -> list[Completion]:
+        soft = self.store.embeddings(adapter_id) if adapter_id else None
+        input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        prompt_tokens = int(input_ids.shape[1])
+        virtual = 0 if soft is None else int(soft.shape[0])
+        if prompt_tokens + virtual + sampling.max_new_tokens > self.max_context:
+            raise InvalidRequest(
+                f"prompt ({prompt_tokens} tokens) + max_new_tokens "
+                f"({sampling.max_new_tokens}) exceed the model's {self.max_context} tokens"
+            )
+        with self._lock, torch.inference_mode():
+            started = time.perf_counter()
+            if sampling.seed is None:
+                torch.seed()
+            else:
+                torch.manual_seed(sampling.seed)
+            out = self.model.generate(
+                **self._inputs(input_ids, soft),
+                **self._sampling_kwargs(sampling),
+                # Greedy decoding gives n copies of one sequence: decode it once.
+                num_return_sequences=n if sampling.temperature > 0 else 1,
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                stop_strings=list(sampling.stop) or None,
+                tokenizer=self.tokenizer,
+            )
+            latency = time.perf_counter() - started
+        # With input_ids the output repeats the prompt; with inputs_embeds it does not.
+        new = out[:, prompt_tokens:] if soft is None else out
+        rows = list(new) if len(new) == n else [new[0]] * n
+        return [self._completion(row, prompt_tokens, latency, sampling) for row in rows]
+
+    def _inputs(self, input_ids: torch.Tensor, soft: torch.Tensor | None) -> dict[str, Any]:
+        if soft is None:
+            return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        embeds = self.model.get_input_embeddings()(input_ids)
+        embeds = torch.cat([soft.to(embeds.dtype)[None], embeds], dim=1)
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": torch.ones(embeds.shape[:2], dtype=torch.long),
+        }
+
+    @staticmethod
+    def _sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
+        if sampling.temperature <= 0:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {
+            "do_sample": True,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p if 0 < sampling.top_p < 1 else None,
+            "top_k": None,
+        }
+
+    def _completion(
+        self, row: torch.Tensor, prompt_tokens: int, latency: float, sampling: Sampling
+    ) -> Completion:
+        ids = row.tolist()
+        end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        text = self.tokenizer.decode(ids[:end], skip_special_tokens=False)
+        if any(stop and stop in text for stop in sampling.stop):
+            # Stopped on a stop string; the padding after it is not the model's output.
+            reason, count = "stop_sequence", len(ids) if end is None else end
+        elif end is not None:
+            reason, count = "eos_token", end + 1
+        else:
+            reason, count = "length", len(ids)
+        return Completion(text, prompt_tokens, count, latency, reason)
+
+    def train_soft_prompt(self, examples: list[str], settings: TuneSettings) -> TuneResult:
+        with self._lock:
+            try:
+                return prompt_tuning.train_and_store(
+                    self.model, self.tokenizer, self.model_key, examples, settings, self.store
+                )
+            finally:
+                self.model.eval()

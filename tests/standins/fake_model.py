@@ -1,0 +1,75 @@
+"""A deterministic 'language model' for stand-in servers: small PyTorch programs as tokens.
+
+The same (prompt, seed, adapter, temperature) always gives the same program; a different
+seed or adapter gives a different one; greedy decoding ignores the seed. Tokens are
+whitespace-led word pieces, so counts and stop sequences behave like a real tokenizer's.
+"""
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+EOS = {"id": 0, "text": "<|endoftext|>", "special": True}
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+
+def tokenize(text: str) -> list[str]:
+    return _PIECE.findall(text)
+
+
+def token_id(piece: str) -> int:
+    return 1 + int.from_bytes(hashlib.sha256(piece.encode()).digest()[:2], "big")
+
+
+def program(rng: random.Random, adapter: str) -> str:
+    """A body for `class Model(nn.Module):`; an adapter shifts it toward convolutions."""
+    width = rng.choice([16, 32, 64, 128])
+    if adapter or rng.random() < 0.3:
+        layers = f"nn.Conv1d(1, {width}, 3, padding=1), nn.ReLU(), nn.Flatten(), "
+        layers += f"nn.Linear({width} * 40, 10)"
+        head = "x.unsqueeze(1)"
+    else:
+        layers = f"nn.Linear(40, {width}), nn.ReLU(), nn.Linear({width}, 10)"
+        head = "x"
+    return (
+        "\n    def __init__(self):\n        super().__init__()\n"
+        f"        self.net = nn.Sequential({layers})\n\n"
+        f"    def forward(self, x):\n        return self.net({head})\n"
+    )
+
+
+@dataclass
+class Generation:
+    pieces: list[str]
+    finish_reason: str
+    seed: int | None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def generate(
+    prompt: str,
+    max_new_tokens: int,
+    stop: list[str],
+    seed: int | None,
+    sample: bool,
+    adapter: str = "",
+    temperature: float = 1.0,
+) -> Generation:
+    """Up to max_new_tokens pieces; stops after a stop sequence appears, or at EOS."""
+    used_seed = (seed if seed is not None else random.getrandbits(63)) if sample else None
+    key = f"{prompt}|{used_seed}|{adapter}|{temperature if sample else 0}"
+    rng = random.Random(hashlib.sha256(key.encode()).digest())
+    pieces: list[str] = []
+    for piece in tokenize(program(rng, adapter)):
+        if len(pieces) == max_new_tokens:
+            return Generation(pieces, "length", used_seed)
+        pieces.append(piece)
+        if any(s and s in "".join(pieces) for s in stop):
+            return Generation(pieces, "stop_sequence", used_seed)
+    if len(pieces) == max_new_tokens:
+        return Generation(pieces, "length", used_seed)
+    return Generation(pieces, "eos_token", used_seed)
