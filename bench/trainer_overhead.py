@@ -91,7 +91,8 @@ def throughput(backend: str, steps: int, evals: int) -> list[str]:
                        for s in range(evals)]  # fmt: skip
             results = [f.result() for f in futures]
         elapsed = time.perf_counter() - started
-        assert all(r.status == common.EVAL_STATUS_OK for r in results)
+        failed = [f"{r.status}: {r.message}" for r in results if r.status != common.EVAL_STATUS_OK]
+        assert not failed, failed
         service.stop(1)  # type: ignore[attr-defined]
         trainer.close()
         rows.append(f"| {slots} | {evals} x {steps} steps | {elapsed:.1f} s | "
