@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= lineage,controller,trainer,lm,dev
 PROTOS := $(wildcard proto/evo/v1/*.proto)
 
-.PHONY: install proto proto-check test lint format demo bench images deploy undeploy clean
+.PHONY: install proto proto-check test lint format demo sandbox-tools bench images deploy undeploy clean
 
 install: $(VENV)/.installed
 
@@ -35,10 +35,25 @@ format: $(VENV)/.installed
 test: lint
 	$(BIN)/python -m pytest -q
 
-demo: $(VENV)/.installed
-	@echo "make demo: not yet - the controller (issue 5) will make it run a real search."
-	@echo "Today you can serve and query the lineage store: $(BIN)/evo serve lineage"
-	@exit 1
+# A small but real EvoPrompting search on MNIST-1D with the embedded language model:
+# starts the local stack, runs examples/demo.yaml, prints the best candidates with their
+# lineage, writes the HTML report to demo-report/, and stops the stack (even on Ctrl-C).
+DEMO_REPORT ?= demo-report
+demo: $(VENV)/.installed sandbox-tools
+	@echo "== make demo: EvoPrompting on MNIST-1D with SmolLM2-135M on this CPU (about 15 minutes)."
+	@echo "== Expect mostly broken children: a 135M-parameter model writes mostly broken code."
+	@echo "== Real searches point the proposal service at a served model (README: 'A real model')."
+	@set -e; trap '$(BIN)/evo down' EXIT; \
+		$(BIN)/evo up; \
+		$(BIN)/evo search start examples/demo.yaml --report $(DEMO_REPORT)
+	@echo "== open $(DEMO_REPORT)/index.html for the Pareto front, fitness by round and the family tree"
+
+# The bwrap sandbox needs bubblewrap (and setpriv/prlimit from util-linux).
+sandbox-tools:
+	@command -v bwrap >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+		else echo "make demo needs bubblewrap: install it (apt-get install bubblewrap)"; exit 1; fi; }
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.lineage_queries

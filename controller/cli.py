@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -17,7 +18,7 @@ from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 from rich.console import Console
 
-from controller import addresses
+from controller import addresses, search_cli
 from controller import lineage_views as views
 from services.proposer.cli import propose, serve_lm
 from services.trainer.cli import sandbox, serve_trainer
@@ -182,7 +183,7 @@ def db_current(db_url: str | None) -> None:
 
 @main.group()
 def search() -> None:
-    """List and inspect searches."""
+    """Start, watch, stop, resume and inspect searches."""
 
 
 @search.command("list")
@@ -380,12 +381,37 @@ def pareto(search_id: int, metric: str, address: str | None, as_json: bool) -> N
         console.print(views.pareto_table(points))
 
 
+@main.command()
+@click.argument("search_id", type=int)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write index.html and its PNGs into (created if missing).",
+)
+@click.option("--top", default=10, show_default=True, help="How many of the best to show.")
+@address_option("lineage")
+def report(search_id: int, out_dir: Path, top: int, address: str | None) -> None:
+    """Write an HTML report of a search (index.html plus the PNGs), readable offline."""
+    from controller.report import write_report  # matplotlib is needed only here
+
+    with lineage_stub(address) as stub:
+        index = write_report(stub, search_id, out_dir, top=top, timeout=RPC_TIMEOUT_SECONDS)
+    click.echo(str(index))
+
+
 # ---------------------------------------------------------------- other services' commands
 
 serve.add_command(serve_trainer, "trainer")
 serve.add_command(serve_lm, "lm")
 main.add_command(sandbox)
 main.add_command(propose)
+for command in (search_cli.search_start, search_cli.search_resume, search_cli.search_status):
+    search.add_command(command)
+search.add_command(search_cli.search_stop)
+main.add_command(search_cli.up)
+main.add_command(search_cli.down)
 
 
 if __name__ == "__main__":

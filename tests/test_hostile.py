@@ -154,22 +154,39 @@ def served(
     trainer.close()
 
 
-def sandbox_processes(trainer: server.Trainer) -> list[int]:
-    """Processes running as a sandbox uid, other than the pre-started ones waiting for a job."""
+def sandbox_processes(trainer: server.Trainer) -> list[str]:
+    """Processes running as a sandbox uid, other than the pre-started ones waiting for a job.
+
+    A killed process is gone once the kernel has reaped it; allow a moment for that,
+    then describe whatever is left so that a failure says what it was.
+    """
     deadline = time.monotonic() + 60  # let the pool finish pre-starting its replacement
     while trainer.pool.ready.qsize() < trainer.config.warm and time.monotonic() < deadline:
         time.sleep(0.1)
     waiting = {getattr(sb, "uid", None) for sb in list(trainer.pool.ready.queue)}
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            uid_line = next(ln for ln in status.read_text().splitlines() if ln.startswith("Uid:"))
-        except (OSError, StopIteration):
-            continue
-        uid = int(uid_line.split()[1])
-        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT and uid not in waiting:
-            found.append(int(status.parent.name))
-    return found
+    settle = time.monotonic() + 5
+    while True:
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(
+                    ln.split(":", 1) for ln in status.read_text().splitlines() if ":" in ln
+                )
+                cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            uid = int(fields["Uid"].split()[0])
+            if (
+                SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT
+                and uid not in waiting
+            ):
+                found.append(
+                    f"pid {status.parent.name} uid {uid} state {fields['State'].strip()} "
+                    f"ppid {fields['PPid'].strip()}: {cmdline.decode(errors='replace')[:200]}"
+                )
+        if not found or time.monotonic() > settle:
+            return found
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.parent.name}/{p.name}" for p in FILES])

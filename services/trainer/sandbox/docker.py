@@ -155,6 +155,9 @@ class DockerBackend(Backend):
                 docker.types.Ulimit(name="core", soft=0, hard=0),
             ],
             "ipc_mode": "private",
+            # The attach stream is the only reader; the engine keeps no copy of the
+            # candidate's output (a flood would otherwise fill the host's disk).
+            "log_config": docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
         }
         if self.gpus:
             host["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
@@ -366,14 +369,17 @@ class DockerSandbox(Sandbox):
         if self._destroyed:
             return
         self._destroyed = True
-        if self.id:
+        for attempt in range(3 if self.id else 0):
             try:
                 self.api.remove_container(self.id, force=True, v=True)
+                break
             except docker.errors.NotFound:
-                pass
+                break
             except (docker.errors.DockerException, requests.RequestException) as e:
                 # Never raise from here (it runs in `finally` blocks); say what is left.
-                log.warning("could not remove sandbox container %s: %s", self.id[:12], e)
+                if attempt == 2:
+                    log.warning("could not remove sandbox container %s: %s", self.id[:12], e)
+                time.sleep(1)
         self._discard.update((_STDOUT, _STDERR))
         if self._sock is not None:
             with contextlib.suppress(OSError):

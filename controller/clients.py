@@ -1,0 +1,186 @@
+"""gRPC clients of the three services, with retries, deadlines and trainer balancing.
+
+A call that fails for a reason that may pass (the service restarting, busy, cut off)
+is retried with exponential backoff; after the last attempt the caller gets `CallFailed`
+and records the candidate as failed. A request the service calls wrong is never retried.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from evo.v1 import lineage_pb2_grpc, proposer_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+
+from controller import addresses
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+LINEAGE_TIMEOUT_SECONDS = 30.0
+# The store must not lose a write: it is retried for longer than other calls.
+LINEAGE_ATTEMPTS = 12
+
+
+class CallFailed(Exception):
+    """A call that did not succeed within its attempts; the message says why."""
+
+    def __init__(self, what: str, code: grpc.StatusCode | None, details: str) -> None:
+        name = code.name if code else "ERROR"
+        super().__init__(f"{what}: {name}: {details}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first_seconds: float = 0.5
+    max_seconds: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: many controllers retrying at once do not retry in step."""
+        return random.uniform(0, min(self.max_seconds, self.first_seconds * 2**attempt))
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    what: str,
+    attempts: int,
+    backoff: Backoff = Backoff(),
+    should_stop: Callable[[], bool] = lambda: False,
+) -> T:
+    last: grpc.RpcError | None = None
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except grpc.RpcError as e:
+            code = e.code()  # type: ignore[attr-defined]
+            if code not in RETRYABLE:
+                raise CallFailed(what, code, e.details()) from None  # type: ignore[attr-defined]
+            last = e
+            if attempt + 1 < attempts and not should_stop():
+                pause = backoff.delay(attempt)
+                log.info("retrying %s after %s (%.1f s)", what, code.name, pause)
+                time.sleep(pause)
+    assert last is not None
+    raise CallFailed(what, last.code(), last.details())  # type: ignore[attr-defined]
+
+
+def channel(target: str) -> grpc.Channel:
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # A DNS name with several addresses (a headless Kubernetes Service) is balanced.
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 0),
+    ]
+    return grpc.insecure_channel(target, options=options)
+
+
+class Lineage:
+    """The lineage store, each call retried (writes are idempotent, so retrying is safe)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel = channel(target)
+        self.stub = lineage_pb2_grpc.LineageStub(self._channel)
+
+    def __call__(self, method: str, request: Any) -> Any:
+        rpc = getattr(self.stub, method)
+        return call_with_retries(
+            lambda: rpc(request, timeout=LINEAGE_TIMEOUT_SECONDS),
+            f"lineage store {self.target} {method}",
+            LINEAGE_ATTEMPTS,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class Proposer:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel = channel(target)
+        self.stub = proposer_pb2_grpc.ProposerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class Trainer:
+    """One trainer address and how many evaluations it is running for this controller."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel = channel(target)
+        self.stub = trainer_pb2_grpc.TrainerStub(self._channel)
+        self.slots = 1
+        self.in_flight = 0
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class Trainers:
+    """Spreads evaluations over several trainer addresses by free slots.
+
+    `acquire` blocks until some trainer has a free slot (as this controller counts
+    them); a trainer that answers RESOURCE_EXHAUSTED (shared with other controllers)
+    makes the caller back off and try again, possibly elsewhere.
+    """
+
+    def __init__(self, targets: list[str]) -> None:
+        self.trainers = [Trainer(t) for t in targets]
+        self._cond = threading.Condition()
+
+    def discover(self, attempts: int) -> int:
+        """Ask each trainer for its slots; returns the total. Unreachable ones count 1."""
+        for t in self.trainers:
+            try:
+                capacity = call_with_retries(
+                    lambda t=t: t.stub.GetCapacity(trainer_pb2.GetCapacityRequest(), timeout=10),
+                    f"trainer {t.target} GetCapacity",
+                    attempts,
+                )
+                t.slots = max(1, capacity.slots_total)
+            except CallFailed as e:
+                log.warning("%s; assuming one slot", e)
+        return sum(t.slots for t in self.trainers)
+
+    def acquire(self, avoid: Trainer | None = None) -> Trainer:
+        with self._cond:
+            while True:
+                free = [t for t in self.trainers if t.in_flight < t.slots]
+                if len(free) > 1 and avoid in free:
+                    free.remove(avoid)
+                if free:
+                    best = min(free, key=lambda t: t.in_flight / t.slots)
+                    best.in_flight += 1
+                    return best
+                self._cond.wait()
+
+    def release(self, trainer: Trainer) -> None:
+        with self._cond:
+            trainer.in_flight -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        for t in self.trainers:
+            t.close()
+
+
+def trainer_targets(configured: list[str]) -> list[str]:
+    return configured or [addresses.resolve("trainer", None)]

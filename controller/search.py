@@ -1,0 +1,640 @@
+"""The evolutionary loop (the paper's Algorithms 1-3) and its baselines.
+
+Everything is written to the lineage store as it happens and every choice is drawn from
+a random generator seeded by (search seed, round, prompt), so a search killed at any
+moment and resumed makes the same choices and redoes no finished evaluation: prompts,
+candidates and evaluations are idempotent writes, and a round only starts from what
+earlier, finished rounds scored.
+
+A round, for the language-model methods: draw parents, write the prompt, sample n
+children, record each one (the store marks duplicates), send every new one to a
+trainer at once while the next prompt is sampled, and wait for the scores. Between
+rounds (not after the last) the language model's soft prompt is tuned on the round's
+scored children.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from evo.v1 import common_pb2 as common
+from evo.v1 import lineage_pb2 as pb
+from evo.v1 import proposer_pb2, trainer_pb2
+
+from controller import mutations, prompts
+from controller.clients import (
+    RETRYABLE,
+    Backoff,
+    CallFailed,
+    Lineage,
+    Proposer,
+    Trainer,
+    Trainers,
+    call_with_retries,
+)
+from controller.config import SearchConfig
+from controller.progress import Progress
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCORED = pb.CANDIDATE_STATE_SCORED
+PENDING = pb.CANDIDATE_STATE_PENDING
+FAILED = pb.CANDIDATE_STATE_FAILED
+# A running search looks at its stored state this often, to see `evo search stop`.
+STOP_POLL_SECONDS = 2.0
+# An evaluation's deadline: the training wall time plus start-up and queueing.
+EVALUATE_MARGIN_SECONDS = 180.0
+RESUMABLE = (
+    pb.SEARCH_STATE_CREATED,
+    pb.SEARCH_STATE_RUNNING,
+    pb.SEARCH_STATE_STOPPING,
+    pb.SEARCH_STATE_STOPPED,
+    pb.SEARCH_STATE_FAILED,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The rounds a method runs: few-shot is one round with the same sample budget."""
+
+    rounds: int
+    prompts_per_round: int
+    tune: bool
+
+    @classmethod
+    def of(cls, config: SearchConfig) -> "Plan":
+        evo = config.evolution
+        if config.method == "few-shot":
+            return cls(1, evo.rounds * evo.prompts_per_round, tune=False)
+        return cls(evo.rounds, evo.prompts_per_round, tune=config.tunes)
+
+
+def fitness_key(c: pb.Candidate) -> tuple[float, int]:
+    """Best first; ties go to the earlier candidate, so the order is reproducible."""
+    return (-c.fitness, c.id)
+
+
+def example(c: pb.Candidate) -> prompts.Example:
+    m = c.evaluation.metrics
+    return prompts.Example(c.code, m.num_params, m.best_val_accuracy)
+
+
+class Stopped(Exception):
+    """The search was asked to stop; in-flight work is finished first."""
+
+
+class Search:
+    def __init__(
+        self,
+        config: SearchConfig,
+        search_id: int,
+        lineage: Lineage,
+        trainers: Trainers,
+        proposer: Proposer | None,
+        progress: Progress,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.id = search_id
+        self.lineage = lineage
+        self.trainers = trainers
+        self.proposer = proposer
+        self.progress = progress
+        self.plan = Plan.of(config)
+        self.stop_event = stop or threading.Event()
+        self._last_poll = 0.0
+        self._lock = threading.Lock()
+        self._futures: list[Future[None]] = []
+        self.task: trainer_pb2.TaskInfo | None = None
+        self.info: proposer_pb2.ProposerInfo | None = None
+        self.pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------ the whole search
+
+    def run(self) -> list[pb.Candidate]:
+        """Run (or resume) to the end or to a stop; returns the top p of everything scored."""
+        self.lineage(
+            "UpdateSearchState",
+            pb.UpdateSearchStateRequest(search_id=self.id, state=pb.SEARCH_STATE_RUNNING),
+        )
+        in_flight = self.config.services.max_in_flight or self.trainers.discover(
+            self.config.services.attempts
+        )
+        self.task = self._task()
+        if self.config.uses_language_model:
+            self.info = self._proposer_info()
+        self.progress.update(rounds=self.plan.rounds)
+        try:
+            with ThreadPoolExecutor(in_flight, thread_name_prefix="evaluate") as pool:
+                self.pool = pool
+                self._seed_round()
+                done = {r.round_index: r for r in self._rounds()}
+                for r in range(1, self.plan.rounds + 1):
+                    if done.get(r) and done[r].state == pb.ROUND_STATE_FINISHED:
+                        continue
+                    self._round(r)
+        except Stopped:
+            self._wait_all()
+            self._set_state(pb.SEARCH_STATE_STOPPED, "stopped on request; resume to continue")
+            self.progress.note("stopped; `evo search resume` continues where it left off")
+            return self.top()
+        top = self.top()
+        best = f"best fitness {top[0].fitness:.1f} (candidate {top[0].id})" if top else "none"
+        self._set_state(pb.SEARCH_STATE_FINISHED, f"finished: {best}")
+        self.progress.update(phase="finished")
+        return top
+
+    def top(self) -> list[pb.Candidate]:
+        scored = self._candidates(states=[SCORED], code=True)
+        return sorted(scored, key=fitness_key)[: self.config.evolution.population_size]
+
+    # ------------------------------------------------------------ rounds
+
+    def _seed_round(self) -> None:
+        """Round 0: the task's hand-written seeds, scored like every child."""
+        assert self.task is not None
+        self.progress.update(round_index=0, phase="scoring the seeds")
+        self._record_round(0, pb.ROUND_STATE_TRAINING)
+        for i, seed in enumerate(self.task.seeds):
+            c = self._record_candidate(
+                pb.RecordCandidateRequest(
+                    search_id=self.id,
+                    origin=pb.CANDIDATE_ORIGIN_SEED,
+                    sample_index=i,
+                    name=seed.name,
+                    code=seed.code,
+                )
+            )
+            self._submit_if_pending(c)
+        self._wait_all()
+        if not self._candidates(states=[SCORED], before_round=1):
+            raise RuntimeError(
+                "no seed of the task could be scored; see `evo search show` for the reasons "
+                "(a trainer fault, or limits too tight for the seeds)"
+            )
+        self._record_round(0, pb.ROUND_STATE_FINISHED)
+
+    def _round(self, r: int) -> None:
+        self.progress.update(round_index=r, phase="generating")
+        self.progress.note(f"round {r} of {self.plan.rounds}")
+        self._record_round(r, pb.ROUND_STATE_GENERATING)
+        existing = self._candidates(round_index=r)
+        for c in existing:
+            self._submit_if_pending(c)
+        if self.config.method == "mutation":
+            self._mutate(r, existing)
+        else:
+            self._prompt_and_sample(r, existing)
+        self._record_round(r, pb.ROUND_STATE_TRAINING)
+        self.progress.update(phase="training")
+        self._wait_all()
+        self._check_stop()
+        adapter, loss = "", None
+        if self.plan.tune and r < self.plan.rounds:
+            adapter, loss = self._tune(r)
+        self._record_round(r, pb.ROUND_STATE_FINISHED, adapter, loss)
+        top = self.top()
+        if top:
+            self.progress.note(
+                f"round {r} done: best fitness {top[0].fitness:.1f} (candidate {top[0].id})"
+            )
+
+    def _prompt_and_sample(self, r: int, existing: list[pb.Candidate]) -> None:
+        assert self.task is not None and self.proposer is not None
+        pool = self._parent_pool(r)
+        evo = self.config.evolution
+        adapter = self._adapter_for(r)
+        for i in range(self.plan.prompts_per_round):
+            self._check_stop()
+            rng = random.Random(f"{self.config.seed}:{r}:{i}")
+            parents = [rng.choice(pool) for _ in range(evo.parents_per_prompt)]
+            temperature = rng.choice(evo.temperatures)
+            sampling_seed = rng.randrange(1, 2**62)
+            built = prompts.build(
+                self.task.prompt_header,
+                [example(p) for p in parents],
+                self.task.program_opening,
+            )
+            prompt = self.lineage(
+                "RecordPrompt",
+                pb.RecordPromptRequest(
+                    search_id=self.id,
+                    round_index=r,
+                    prompt_index=i,
+                    text=built.text,
+                    parent_ids=[p.id for p in parents],
+                    temperature=temperature,
+                    target_json=built.target_json,
+                ),
+            ).prompt
+            done = {c.sample_index for c in existing if c.prompt_id == prompt.id}
+            missing = [j for j in range(evo.samples_per_prompt) if j not in done]
+            if missing:
+                self._sample(prompt, missing, sampling_seed, adapter)
+
+    def _sample(
+        self, prompt: pb.Prompt, missing: list[int], sampling_seed: int, adapter: str
+    ) -> None:
+        """Sample the prompt's n children and record the ones not recorded yet."""
+        assert self.proposer is not None and self.task is not None and self.info is not None
+        cfg = self.config
+        sampling = common.SamplingParams(
+            temperature=prompt.temperature,
+            top_p=cfg.proposer.top_p,
+            max_new_tokens=cfg.proposer.max_new_tokens,
+            stop=cfg.proposer.stop,
+            seed=sampling_seed,
+        )
+        request = proposer_pb2.GenerateRequest(
+            prompt=prompt.text,
+            num_samples=cfg.evolution.samples_per_prompt,
+            sampling=sampling,
+            adapter_id=adapter,
+            program_opening=self.task.program_opening,
+        )
+        settings = pb.ProposerSettings(
+            backend=self.info.backend, model_id=self.info.model_id, sampling=sampling
+        )
+        parents = list(dict.fromkeys(prompt.parent_ids))
+        base = pb.RecordCandidateRequest(
+            search_id=self.id,
+            round_index=prompt.round_index,
+            origin=pb.CANDIDATE_ORIGIN_LANGUAGE_MODEL,
+            prompt_id=prompt.id,
+            parent_ids=parents,
+            proposer=settings,
+            adapter_id=adapter,
+        )
+        stub = self.proposer.stub
+        timeout = cfg.services.generate_timeout_seconds
+        try:
+            reply = self._patiently(
+                lambda: stub.Generate(request, timeout=timeout),
+                f"proposer {self.proposer.target} Generate",
+            )
+        except CallFailed as e:
+            self.progress.notice(f"prompt {prompt.prompt_index} of round {prompt.round_index}: {e}")
+            for j in missing:
+                failed = pb.RecordCandidateRequest()
+                failed.CopyFrom(base)
+                failed.sample_index = j
+                failed.code = f"# no program: the language model call failed\n# {e}\n"
+                failed.state, failed.reason = FAILED, f"generation failed: {e}"[:2000]
+                self._record_candidate(failed)
+            return
+        for j in missing:
+            if j >= len(reply.samples):
+                break
+            s = reply.samples[j]
+            child = pb.RecordCandidateRequest()
+            child.CopyFrom(base)
+            child.sample_index = j
+            child.code = self._runnable(s.program) if s.program.strip() else "# (empty)\n"
+            child.raw_completion = s.raw_completion
+            child.prompt_tokens = s.prompt_tokens
+            child.completion_tokens = s.completion_tokens
+            child.generation_seconds = s.latency_seconds
+            if s.parse_error or not s.program.strip():
+                child.state = FAILED
+                child.reason = f"the program does not parse: {s.parse_error or 'empty'}"[:2000]
+            self.progress.add(generated=1)
+            self._submit_if_pending(self._record_candidate(child))
+
+    def _runnable(self, program: str) -> str:
+        """The sampled class with the task's imports above it, as a seed has them."""
+        assert self.task is not None
+        header = self.task.prompt_header.strip("\n")
+        return f"{header}\n\n\n{program.strip(chr(10))}\n" if header else program
+
+    def _mutate(self, r: int, existing: list[pb.Candidate]) -> None:
+        """Regularised evolution, one batch a round: tournaments over the p youngest."""
+        evo = self.config.evolution
+        scored = self._candidates(states=[SCORED], before_round=r, code=True)
+        population = sorted(scored, key=lambda c: c.id)[-evo.population_size :]
+        done = {c.sample_index for c in existing}
+        for j in range(self.plan.prompts_per_round * evo.samples_per_prompt):
+            self._check_stop()
+            if j in done:
+                continue
+            rng = random.Random(f"{self.config.seed}:{r}:{j}")
+            tournament = rng.sample(population, min(evo.tournament_size, len(population)))
+            parent = min(tournament, key=fitness_key)
+            mutation = mutations.mutate(parent.code, rng)
+            request = pb.RecordCandidateRequest(
+                search_id=self.id,
+                round_index=r,
+                origin=pb.CANDIDATE_ORIGIN_MUTATION,
+                sample_index=j,
+                parent_ids=[parent.id],
+            )
+            if mutation is None:
+                request.code, request.name = parent.code, "no mutation applies"
+                request.state, request.reason = FAILED, "no hand-written mutation applies"
+            else:
+                request.code, request.name = mutation.code, mutation.description[:200]
+            self.progress.add(generated=1)
+            self._submit_if_pending(self._record_candidate(request))
+
+    # ------------------------------------------------------------ parents
+
+    def _parent_pool(self, r: int) -> list[pb.Candidate]:
+        """Who may be a parent in round r: the top p of everything scored before it."""
+        evo = self.config.evolution
+        scored = sorted(
+            self._candidates(states=[SCORED], before_round=r, code=True), key=fitness_key
+        )
+        if self.config.method in ("random-parents", "few-shot"):
+            return scored  # uniformly from the whole history (few-shot: the seeds)
+        if evo.retire_parents:
+            retired = {
+                p
+                for c in self._candidates(before_round=r)
+                if c.origin == pb.CANDIDATE_ORIGIN_LANGUAGE_MODEL
+                for p in c.parent_ids
+            }
+            fresh = [c for c in scored if c.id not in retired]
+            if fresh:
+                return fresh[: evo.population_size]
+            self.progress.notice(f"round {r}: every scored model has retired; reusing the top p")
+        return scored[: evo.population_size]
+
+    # ------------------------------------------------------------ prompt-tuning
+
+    def _adapter_for(self, r: int) -> str:
+        """The soft prompt trained after the latest earlier round, if any."""
+        if not self.plan.tune:
+            return ""
+        adapters = [x for x in self._rounds() if x.round_index < r and x.adapter_id]
+        return max(adapters, key=lambda x: x.round_index).adapter_id if adapters else ""
+
+    def _tune(self, r: int) -> tuple[str, float | None]:
+        assert self.proposer is not None and self.info is not None
+        if not self.info.capabilities.prompt_tuning:
+            self.progress.notice(
+                f"the proposer's {self.info.backend} backend cannot be prompt-tuned: "
+                "skipping soft prompt-tuning"
+            )
+            return self._adapter_for(r + 1), None
+        children = self._candidates(states=[SCORED], round_index=r, code=True)
+        if self.config.evolution.tune_on == "not-selected":
+            chosen = {c.id for c in self.top()}
+            children = [c for c in children if c.id not in chosen]
+        if not children:
+            self.progress.notice(f"round {r}: no scored children to tune on; prompt kept")
+            return self._adapter_for(r + 1), None
+        self._record_round(r, pb.ROUND_STATE_TUNING)
+        self.progress.update(phase=f"prompt-tuning on {len(children)} children")
+        t = self.config.tuning
+        request = proposer_pb2.TrainSoftPromptRequest(
+            examples=[prompts.example_text(example(c)) for c in children],
+            num_virtual_tokens=t.num_virtual_tokens,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            seed=self.config.seed * 1000 + r + 1,
+            init_adapter_id=self._adapter_for(r),
+        )
+        stub, timeout = self.proposer.stub, self.config.services.tuning_timeout_seconds
+        try:
+            reply = self._patiently(
+                lambda: stub.TrainSoftPrompt(request, timeout=timeout),
+                f"proposer {self.proposer.target} TrainSoftPrompt",
+            )
+        except CallFailed as e:
+            self.progress.notice(f"round {r}: prompt-tuning failed, prompt kept: {e}")
+            return self._adapter_for(r), None
+        self.progress.note(
+            f"round {r}: soft prompt {reply.adapter_id} tuned on {reply.num_examples} "
+            f"children, loss {reply.final_loss:.3f}"
+        )
+        return reply.adapter_id, reply.final_loss
+
+    # ------------------------------------------------------------ evaluation
+
+    def _submit_if_pending(self, c: pb.Candidate) -> None:
+        if c.state == pb.CANDIDATE_STATE_DUPLICATE:
+            self.progress.add(duplicate=1)
+        elif c.state == FAILED:
+            self.progress.add(failed=1)
+        elif c.state == PENDING:
+            assert self.pool is not None
+            self.progress.add(training=1)
+            future = self.pool.submit(self._evaluate, c)
+            with self._lock:
+                self._futures.append(future)
+
+    def _wait_all(self) -> None:
+        while True:
+            with self._lock:
+                futures, self._futures = self._futures, []
+            if not futures:
+                return
+            for f in futures:
+                f.result()  # _evaluate records its own failures; this re-raises bugs
+
+    def _evaluate(self, c: pb.Candidate) -> None:
+        """Train and score one candidate on any trainer, then record the result."""
+        assert self.task is not None
+        cfg, t = self.config, self.config.training
+        request = trainer_pb2.EvaluateRequest(
+            program=trainer_pb2.Program(code=c.code, language=self.task.language),
+            task=cfg.task,
+            budget=trainer_pb2.Budget(steps=t.steps, seed=t.seed, eval_every=t.eval_every),
+            limits=trainer_pb2.Limits(
+                wall_seconds=t.wall_seconds,
+                memory_bytes=t.memory_mb * 1024 * 1024,
+                max_params=t.max_params,
+            ),
+            request_id=f"search-{self.id}-candidate-{c.id}",
+        )
+        try:
+            reply = self._evaluate_anywhere(request)
+            evaluation = pb.Evaluation(
+                status=reply.status,
+                message=reply.message,
+                metrics=reply.metrics,
+                log_tail=reply.log_tail,
+                sandbox_backend=reply.sandbox.backend,
+                trainer_id=reply.trainer_id,
+                task=cfg.task,
+                budget_steps=t.steps,
+                budget_seed=t.seed,
+                wall_seconds=reply.wall_seconds,
+            )
+        except CallFailed as e:
+            evaluation = pb.Evaluation(
+                status=common.EVAL_STATUS_INTERNAL, message=str(e)[:2000], task=cfg.task
+            )
+        record = pb.RecordEvaluationRequest(candidate_id=c.id, evaluation=evaluation)
+        error = evaluation.metrics.best_val_error
+        ok = evaluation.status == common.EVAL_STATUS_OK
+        if ok and c.round_index > 0 and error >= cfg.evolution.alpha:
+            record.state = pb.CANDIDATE_STATE_FILTERED
+            record.reason = f"validation error {error:.3f} is not below alpha {cfg.evolution.alpha}"
+        stored = self.lineage("RecordEvaluation", record).candidate
+        self.progress.add(training=-1)
+        if stored.state == SCORED:
+            if self.progress.scored(stored.id, stored.fitness):
+                label = stored.name or f"round {c.round_index}"
+                self.progress.note(
+                    f"new best: candidate {stored.id} ({label}), "
+                    f"{stored.evaluation.metrics.num_params} params, val error "
+                    f"{error:.3f}, fitness {stored.fitness:.1f}"
+                )
+        elif stored.state == pb.CANDIDATE_STATE_FILTERED:
+            self.progress.add(filtered=1)
+        else:
+            self.progress.add(failed=1)
+
+    def _evaluate_anywhere(
+        self, request: trainer_pb2.EvaluateRequest
+    ) -> trainer_pb2.EvaluateResponse:
+        """One evaluation, moved to another trainer when one fails for its own reasons.
+
+        A busy trainer (RESOURCE_EXHAUSTED: shared with other controllers) is waited
+        for without using up an attempt; a trainer that is down, cut off or failing
+        inside (INTERNAL) uses one, and the next attempt goes elsewhere if it can.
+        """
+        timeout = self.config.training.wall_seconds + EVALUATE_MARGIN_SECONDS
+        attempts, failures, busy = self.config.services.attempts, 0, 0
+        last: Trainer | None = None
+        problem: CallFailed | trainer_pb2.EvaluateResponse | None = None
+        while failures < attempts:
+            trainer = self.trainers.acquire(avoid=last)
+            try:
+                reply = trainer.stub.Evaluate(request, timeout=timeout)
+            except grpc.RpcError as e:
+                code = e.code()  # type: ignore[attr-defined]
+                problem = CallFailed(f"trainer {trainer.target} Evaluate", code, e.details())  # type: ignore[attr-defined]
+                if code not in RETRYABLE:
+                    raise problem from None
+            else:
+                if reply.status != common.EVAL_STATUS_INTERNAL:
+                    return reply
+                problem = reply
+            finally:
+                self.trainers.release(trainer)
+            last = trainer
+            if (
+                isinstance(problem, CallFailed)
+                and problem.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            ):
+                busy += 1
+                time.sleep(Backoff().delay(min(busy, 6)))
+                continue
+            failures += 1
+            log.info("evaluation attempt %d of %d failed: %s", failures, attempts, problem)
+            if failures < attempts:
+                time.sleep(Backoff().delay(failures))
+        if isinstance(problem, CallFailed):
+            raise problem
+        assert problem is not None
+        return problem  # the trainer's INTERNAL answer, recorded as it is
+
+    # ------------------------------------------------------------ store and services
+
+    def _patiently(self, fn: Callable[[], T], what: str) -> T:
+        """A proposer call: a model server restarting can take minutes, so wait for it."""
+        return call_with_retries(
+            fn,
+            what,
+            attempts=max(self.config.services.attempts, 10),
+            should_stop=self.stop_event.is_set,
+        )
+
+    def _task(self) -> trainer_pb2.TaskInfo:
+        trainer = self.trainers.trainers[0]
+        return call_with_retries(
+            lambda: trainer.stub.GetTask(
+                trainer_pb2.GetTaskRequest(name=self.config.task), timeout=30
+            ),
+            f"trainer {trainer.target} GetTask",
+            self.config.services.attempts,
+        )
+
+    def _proposer_info(self) -> proposer_pb2.ProposerInfo:
+        assert self.proposer is not None
+        stub = self.proposer.stub
+        info = self._patiently(
+            lambda: stub.GetInfo(proposer_pb2.GetInfoRequest(), timeout=30),
+            f"proposer {self.proposer.target} GetInfo",
+        )
+        if self.plan.tune and not info.capabilities.prompt_tuning:
+            self.progress.notice(
+                f"the proposer's {info.backend} backend cannot be prompt-tuned: this search "
+                "runs without soft prompt-tuning"
+            )
+        return info
+
+    def _record_candidate(self, request: pb.RecordCandidateRequest) -> pb.Candidate:
+        return self.lineage("RecordCandidate", request).candidate
+
+    def _record_round(
+        self, r: int, state: int, adapter: str = "", loss: float | None = None
+    ) -> None:
+        request = pb.RecordRoundRequest(
+            search_id=self.id,
+            round_index=r,
+            state=state,
+            adapter_id=adapter,  # type: ignore[arg-type]
+        )
+        if loss is not None:
+            request.tuning_loss = loss
+        self.lineage("RecordRound", request)
+
+    def _rounds(self) -> list[pb.Round]:
+        return list(self.lineage("ListRounds", pb.ListRoundsRequest(search_id=self.id)).rounds)
+
+    def _set_state(self, state: int, message: str = "") -> None:
+        self.lineage(
+            "UpdateSearchState",
+            pb.UpdateSearchStateRequest(search_id=self.id, state=state, message=message),  # type: ignore[arg-type]
+        )
+
+    def _check_stop(self) -> None:
+        if self.stop_event.is_set():
+            raise Stopped
+        now = time.monotonic()
+        if now - self._last_poll < STOP_POLL_SECONDS:
+            return
+        self._last_poll = now
+        found = self.lineage("GetSearch", pb.GetSearchRequest(search_id=self.id))
+        if found.state == pb.SEARCH_STATE_STOPPING:
+            self.stop_event.set()
+            raise Stopped
+
+    def _candidates(
+        self,
+        *,
+        states: Iterable[int] = (),
+        round_index: int | None = None,
+        before_round: int | None = None,
+        code: bool = False,
+    ) -> list[pb.Candidate]:
+        found: list[pb.Candidate] = []
+        token = ""
+        while True:
+            request = pb.ListCandidatesRequest(
+                search_id=self.id,
+                states=list(states),  # type: ignore[arg-type]
+                page_size=1000,
+                page_token=token,
+                include_code=code,
+            )
+            if round_index is not None:
+                request.round_index = round_index
+            page = self.lineage("ListCandidates", request)
+            found.extend(page.candidates)
+            token = page.next_page_token
+            if not token:
+                break
+        if before_round is not None:
+            found = [c for c in found if c.round_index < before_round]
+        return found
