@@ -390,9 +390,11 @@ def pareto(search_id: int, metric: str, address: str | None, as_json: bool) -> N
     required=True,
     help="Folder to write index.html and its PNGs into (created if missing).",
 )
-@click.option("--top", default=10, show_default=True, help="How many of the best to show.")
+@click.option(
+    "--top", default=None, type=int, help="How many of the best to show [default: the search's p]."
+)
 @address_option("lineage")
-def report(search_id: int, out_dir: Path, top: int, address: str | None) -> None:
+def report(search_id: int, out_dir: Path, top: int | None, address: str | None) -> None:
     """Write an HTML report of a search (index.html plus the PNGs), readable offline."""
     from controller.report import write_report  # matplotlib is needed only here
 

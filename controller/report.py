@@ -49,6 +49,13 @@ class SearchData:
     top: list[pb.Candidate]
 
 
+def population_size(search: pb.Search) -> int:
+    try:
+        return int(json.loads(search.config_json)["evolution"]["population_size"])
+    except (ValueError, KeyError, TypeError):
+        return 10
+
+
 def fetch(stub: pb_grpc.LineageStub, search_id: int, top: int, timeout: float) -> SearchData:
     """The five reads the report needs, each with a deadline so a hung store cannot hang us."""
     search = stub.GetSearch(pb.GetSearchRequest(search_id=search_id), timeout=timeout)
@@ -128,11 +135,13 @@ def plot_pareto(ax: Axes, data: SearchData) -> None:
         xs = [c.evaluation.metrics.num_params for c in kids]
         rounds = [c.round_index for c in kids]
         norm = _round_norm(min(rounds), max(rounds))
-        sc = ax.scatter(xs, [_test_error(c) for c in kids], c=rounds, norm=norm, **ROUND_STYLE)
+        sc = ax.scatter(
+            xs, [_test_error(c) for c in kids], c=rounds, norm=norm, zorder=5, **ROUND_STYLE
+        )
         ax.figure.colorbar(sc, ax=ax, label="round", ticks=_round_ticks(min(rounds), max(rounds)))
     for c in seeds:
         x, y = c.evaluation.metrics.num_params, _test_error(c)
-        ax.scatter([x], [y], marker="*", s=220, color="black", zorder=4)
+        ax.scatter([x], [y], marker="*", s=220, color="black", zorder=2)
         ax.annotate(c.name or f"#{c.id}", (x, y), xytext=(6, 6), textcoords="offset points")
     if data.front:
         front = [(p.num_params, p.error) for p in data.front]
@@ -343,10 +352,17 @@ def write_report(
     search_id: int,
     out_dir: Path,
     *,
-    top: int = 10,
+    top: int | None = None,
     timeout: float = 30.0,
 ) -> Path:
-    """Write index.html and the three PNGs for one search into out_dir; return index.html."""
+    """Write index.html and the three PNGs for one search into out_dir; return index.html.
+
+    `top` defaults to the search's population size p (what the search returns), else 10.
+    """
+    if top is None:
+        top = population_size(
+            stub.GetSearch(pb.GetSearchRequest(search_id=search_id), timeout=timeout)
+        )
     data = fetch(stub, search_id, top, timeout)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []

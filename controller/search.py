@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +85,13 @@ def fitness_key(c: pb.Candidate) -> tuple[float, int]:
 def example(c: pb.Candidate) -> prompts.Example:
     m = c.evaluation.metrics
     return prompts.Example(c.code, m.num_params, m.best_val_accuracy)
+
+
+_OUTCOME = {
+    PENDING: "to train",
+    FAILED: "unparsable",
+    pb.CANDIDATE_STATE_DUPLICATE: "duplicate",
+}
 
 
 class Stopped(Exception):
@@ -274,6 +282,7 @@ class Search:
         )
         stub = self.proposer.stub
         timeout = cfg.services.generate_timeout_seconds
+        started = time.monotonic()
         try:
             reply = self._patiently(
                 lambda: stub.Generate(request, timeout=timeout),
@@ -289,6 +298,7 @@ class Search:
                 failed.state, failed.reason = FAILED, f"generation failed: {e}"[:2000]
                 self._record_candidate(failed)
             return
+        outcomes: Counter[str] = Counter()
         for j in missing:
             if j >= len(reply.samples):
                 break
@@ -305,7 +315,16 @@ class Search:
                 child.state = FAILED
                 child.reason = f"the program does not parse: {s.parse_error or 'empty'}"[:2000]
             self.progress.add(generated=1)
-            self._submit_if_pending(self._record_candidate(child))
+            recorded = self._record_candidate(child)
+            outcomes[_OUTCOME.get(recorded.state, "new")] += 1
+            self._submit_if_pending(recorded)
+        tokens = sum(s.completion_tokens for s in reply.samples)
+        self.progress.note(
+            f"round {prompt.round_index}, prompt {prompt.prompt_index + 1} of "
+            f"{self.plan.prompts_per_round}: {len(reply.samples)} samples, {tokens} tokens in "
+            f"{time.monotonic() - started:.0f} s: "
+            + ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
+        )
 
     def _runnable(self, program: str) -> str:
         """The sampled class with the task's imports above it, as a seed has them."""

@@ -57,3 +57,18 @@ def test_an_empty_completion_is_an_error_not_a_program() -> None:
 def test_without_an_opening_the_completion_alone_is_the_program() -> None:
     found = extract("x = 1\n", "")
     assert found.program == "x = 1\n" and found.parse_error == ""
+
+
+def test_a_program_cut_off_after_its_class_is_salvaged() -> None:
+    # The token limit cut the completion inside a helper's docstring.
+    tail = '\ndef helper(x):\n    """Given a tensor\n    of shape (batch, 10)'
+    found = extract(BODY + tail, OPENING)
+    assert found.parse_error == ""
+    assert found.program == OPENING + BODY
+    assert found.salvaged_lines == 4  # the blank line and the three of the helper
+
+
+def test_a_class_cut_off_in_a_method_is_not_salvaged() -> None:
+    found = extract("\n    def forward(self, x):\n        return (x", OPENING)
+    assert found.parse_error and found.salvaged_lines == 0
+    assert found.program == OPENING + "\n    def forward(self, x):\n        return (x\n"

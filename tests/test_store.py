@@ -89,6 +89,11 @@ def test_same_program_from_another_sample_is_kept_as_a_duplicate(storage: RDBSto
     assert dup.duplicate_of_id == first.id
     assert dup.normalized_hash == first.normalized_hash and dup.code_hash != first.code_hash
     assert f"candidate {first.id}" in dup.reason
+    # The same class under other imports (a child carries the task's header) is the same too.
+    again, _ = storage.record_candidate(
+        child(sid, "import torch\nimport torch.nn as nn\n" + program(1), [parent], sample=2)
+    )
+    assert again.state == pb.CANDIDATE_STATE_DUPLICATE and again.duplicate_of_id == first.id
 
 
 def test_candidate_fields_round_trip(storage: RDBStorage) -> None:

@@ -1,7 +1,8 @@
 """Content hashes of candidate programs.
 
 `code_hash` identifies the exact text. `normalized_hash` identifies the program a
-person would call "the same": comments, docstrings and layout do not count. The
+person would call "the same": comments, docstrings, layout and the module's imports do
+not count (a sampled child carries the task's imports, a seed its own). The
 paper drops children that duplicate an earlier program; this is how we tell.
 """
 
@@ -15,7 +16,7 @@ def code_hash(code: str) -> str:
 
 
 def normalize(code: str) -> str:
-    """Code without comments, docstrings or formatting; text fallback if it does not parse."""
+    """Code without comments, docstrings, imports or formatting; text if it does not parse."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
@@ -31,6 +32,7 @@ def normalize(code: str) -> str:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
+    tree.body = [n for n in tree.body if not isinstance(n, ast.Import | ast.ImportFrom)]
     return ast.unparse(tree)
 
 

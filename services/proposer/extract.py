@@ -3,6 +3,10 @@
 A completion may be a plain continuation of `class Model(nn.Module):` or, from a chat
 model, a fenced code block with chat markers around it. Both end up as one program text
 whose syntax error (if any) is reported, never hidden: the controller records it.
+
+A completion cut off by the token limit usually breaks only after the model class is
+complete (a helper function or docstring left unfinished). Such a program is salvaged:
+the trailing top-level statements that do not parse are dropped, and the note says so.
 """
 
 import ast
@@ -33,6 +37,8 @@ class Extracted:
     program: str
     # Empty when the program parses.
     parse_error: str
+    # Set when unparsable trailing lines were dropped: how many.
+    salvaged_lines: int = 0
 
 
 def cut(text: str, stops: tuple[str, ...] | list[str]) -> str:
@@ -83,4 +89,26 @@ def extract(completion: str, opening: str, stops: tuple[str, ...] | list[str] = 
         restated = head and body.lstrip().startswith(head)
         program = body.lstrip() if restated else opening + body
     program = program.rstrip() + "\n"
-    return Extracted(program=program, parse_error=parse_error(program))
+    error = parse_error(program)
+    if error and head:
+        kept = salvage(program, head)
+        if kept is not None:
+            dropped = program.count("\n") - kept.count("\n")
+            return Extracted(program=kept, parse_error="", salvaged_lines=dropped)
+    return Extracted(program=program, parse_error=error)
+
+
+def salvage(program: str, opening: str) -> str | None:
+    """The longest prefix ending before a top-level line that parses and keeps the opening.
+
+    Only whole top-level statements are dropped (cuts are tried before lines that start
+    at column 0), so a half-written method is never silently shortened into another.
+    """
+    lines = program.splitlines(keepends=True)
+    for end in range(len(lines) - 1, 0, -1):
+        if lines[end][:1] in ("", " ", "\t", "\n"):
+            continue  # not the start of a top-level statement
+        candidate = "".join(lines[:end]).rstrip() + "\n"
+        if opening in candidate and not parse_error(candidate):
+            return candidate
+    return None
