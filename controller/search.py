@@ -193,7 +193,7 @@ class Search:
         self.progress.update(round_index=r, phase="generating")
         self.progress.note(f"round {r} of {self.plan.rounds}")
         self._record_round(r, pb.ROUND_STATE_GENERATING)
-        existing = self._candidates(round_index=r)
+        existing = self._candidates(round_index=r, code=True)  # pending ones are trained
         for c in existing:
             self._submit_if_pending(c)
         if self.config.method == "mutation":

@@ -230,13 +230,19 @@ def search_stop(search_id: int) -> None:
 @click.option("--slots", default=1, show_default=True, help="Evaluations the trainer runs at once.")
 @click.option("--lm-backend", default="hf", show_default=True, help="hf, tgi or openai.")
 @click.option("--lm-model", default=None, help="The proposer's model [default: SmolLM2-135M].")
+@click.option("--lm-url", default=None, help="tgi/openai: the model server, e.g. http://tgi:80.")
 @click.option("--without-lm", is_flag=True, help="No proposal service (for `mutation` searches).")
 def up(
-    trainer_backend: str, slots: int, lm_backend: str, lm_model: str | None, without_lm: bool
+    trainer_backend: str,
+    slots: int,
+    lm_backend: str,
+    lm_model: str | None,
+    lm_url: str | None,
+    without_lm: bool,
 ) -> None:
     """Start the lineage store, trainer and proposal service as local processes."""
     try:
-        stack.up(trainer_backend, slots, lm_backend, lm_model, not without_lm, say=click.echo)
+        stack.up(trainer_backend, slots, lm_backend, lm_model, not without_lm, click.echo, lm_url)
     except stack.StackError as e:
         _fail(str(e))
     click.echo("the stack is up; `evo down` stops it")

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controller.addresses import DEFAULT_PORTS
+from controller import addresses
 
 # The first start of the `hf` backend converts the GGUF model file (about 40 s on 2 cores).
 READY_TIMEOUT_SECONDS = 600.0
@@ -73,11 +73,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def port(service: str) -> int:
+    """The port a service listens on: the one its client address names ($EVO_<SVC>_ADDRESS)."""
+    target = addresses.resolve(service, None)
+    try:
+        return int(target.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        raise StackError(
+            f"{addresses.env_var(service)}={target} names no port; use host:port"
+        ) from None
+
+
 def commands(
-    trainer_backend: str, slots: int, lm_backend: str, lm_model: str | None, with_lm: bool
+    trainer_backend: str,
+    slots: int,
+    lm_backend: str,
+    lm_model: str | None,
+    with_lm: bool,
+    lm_url: str | None = None,
 ) -> dict[str, list[str]]:
     evo = [sys.executable, "-m", "controller.cli", "serve"]
-    ports = DEFAULT_PORTS
+    ports = {name: port(name) for name in addresses.DEFAULT_PORTS}
     found = {
         "lineage": [*evo, "lineage", "--port", str(ports["lineage"])],
         "trainer": [
@@ -95,6 +111,8 @@ def commands(
         found["proposer"] = [*evo, "lm", "--port", str(ports["proposer"]), "--backend", lm_backend]
         if lm_model:
             found["proposer"] += ["--model", lm_model]
+        if lm_url:
+            found["proposer"] += ["--url", lm_url]
     return found
 
 
@@ -105,13 +123,16 @@ def up(
     lm_model: str | None = None,
     with_lm: bool = True,
     say: Say = print,
+    lm_url: str | None = None,
 ) -> list[Process]:
     """Start the services not already running and wait until each answers its health check."""
     alive = {p.name: p for p in running()}
     folder = state_file().parent
     folder.mkdir(parents=True, exist_ok=True)
     started: list[Process] = []
-    for name, argv in commands(trainer_backend, slots, lm_backend, lm_model, with_lm).items():
+    for name, argv in commands(
+        trainer_backend, slots, lm_backend, lm_model, with_lm, lm_url
+    ).items():
         if name in alive:
             say(f"{name}: already running (pid {alive[name].pid}, {alive[name].address})")
             continue
@@ -125,7 +146,7 @@ def up(
                 start_new_session=True,  # a Ctrl-C in this shell does not reach it
                 cwd=Path(__file__).resolve().parent.parent,
             )
-        started.append(Process(name, proc.pid, f"localhost:{DEFAULT_PORTS[name]}", str(log_path)))
+        started.append(Process(name, proc.pid, f"localhost:{port(name)}", str(log_path)))
         say(f"{name}: starting (pid {proc.pid}, log {log_path})")
     everything = [*alive.values(), *started]
     _write(everything)

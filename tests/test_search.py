@@ -19,10 +19,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner
+from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 
 from controller import config as search_config
+from controller.cli import main
 from controller.clients import Lineage, Proposer, Trainers
 from controller.progress import Progress
 from controller.search import Search
@@ -151,6 +154,8 @@ def check_lineage(
                 next(x for x in found if x.id == q).round_index < c.round_index
                 for q in c.parent_ids
             )
+        # A trainer fault or a request the controller got wrong would show here.
+        assert c.evaluation.status != common.EVAL_STATUS_INTERNAL, (c.id, c.evaluation.message)
         if c.state == pb.CANDIDATE_STATE_SCORED:
             m = c.evaluation.metrics
             assert c.fitness == pytest.approx(-(m.num_params * m.best_val_error))
@@ -238,7 +243,16 @@ def test_bad_config_names_the_line(tmp_path: Path) -> None:
     path.write_text("method: evolution\n")
     with pytest.raises(search_config.ConfigError, match=r":1: method: must be one of evoprompting"):
         search_config.load(path)
-    for example in sorted(Path("examples").glob("*.yaml")):
+    # The command line says the same and stops before it touches any service.
+    path.write_text("evolution:\n  rounds: -1\n")
+    result = CliRunner().invoke(main, ["search", "start", str(path)])
+    assert result.exit_code == 1
+    assert "search.yaml:2: evolution.rounds: must be at least 1" in result.output
+    examples = sorted(Path("examples").glob("*.yaml"))
+    assert {e.stem for e in examples} >= {*search_config.METHODS, "demo", "paper-mnist1d"} - {
+        "evoprompting"
+    }
+    for example in examples:
         loaded = search_config.load(example)
         assert search_config.SearchConfig.from_json(loaded.to_json()) == loaded
 
@@ -288,7 +302,7 @@ def test_a_killed_controller_resumes_without_redoing_evaluations(
     output = second.communicate(timeout=300)[0]
     assert second.returncode == 0, output
     assert f"search {sid}: the top" in output.replace("Search", "search")
-    found = candidates(stack.stub, sid)
+    found = check_lineage(stack.stub, sid, [], p=0)
     assert Counter(c.round_index for c in found) == {0: 4, 1: 4, 2: 4}, (
         "a sample was recorded twice"
     )
