@@ -208,11 +208,17 @@ class Search:
         if self.plan.tune and r < self.plan.rounds:
             adapter, loss = self._tune(r)
         self._record_round(r, pb.ROUND_STATE_FINISHED, adapter, loss)
+        states = Counter(
+            pb.CandidateState.Name(c.state).split("_STATE_")[1].lower()
+            for c in self._candidates(round_index=r)
+        )
         top = self.top()
-        if top:
-            self.progress.note(
-                f"round {r} done: best fitness {top[0].fitness:.1f} (candidate {top[0].id})"
-            )
+        best = f"; best fitness {top[0].fitness:.1f} (candidate {top[0].id})" if top else ""
+        self.progress.note(
+            f"round {r} done: {sum(states.values())} children: "
+            + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+            + best
+        )
 
     def _prompt_and_sample(self, r: int, existing: list[pb.Candidate]) -> None:
         assert self.task is not None and self.proposer is not None
@@ -431,7 +437,7 @@ class Search:
             return self._adapter_for(r), None
         self.progress.note(
             f"round {r}: soft prompt {reply.adapter_id} tuned on {reply.num_examples} "
-            f"children, loss {reply.final_loss:.3f}"
+            f"{'child' if reply.num_examples == 1 else 'children'}, loss {reply.final_loss:.3f}"
         )
         return reply.adapter_id, reply.final_loss
 

@@ -170,3 +170,40 @@ def test_cli_reports_a_failure_with_exit_code_2(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 2
     assert "INVALID" in run.stdout and "no trainable parameters" in run.stdout
+
+
+def test_pre_started_sandboxes_survive_the_thread_that_asked_for_them() -> None:
+    """`bwrap --die-with-parent` kills a sandbox when the thread that spawned it exits.
+
+    The first half shows that behaviour; the second that the warm pool, asked for
+    several sandboxes at once from threads that come and go, keeps every one alive.
+    """
+    backend = server.make_backend(server.TrainerConfig(backend="bwrap"))
+    made = []
+
+    def start_then_exit() -> None:
+        made.append(backend.start())
+        time.sleep(1)  # bwrap has set its parent-death signal by now
+
+    thread = threading.Thread(target=start_then_exit)
+    thread.start()
+    thread.join()
+    orphan = made[0]
+    deadline = time.monotonic() + 10
+    while orphan.proc.poll() is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.1)
+    assert orphan.proc.returncode == -9  # type: ignore[attr-defined]
+    orphan.destroy()
+
+    pool = server.WarmPool(backend, 3)
+    for _ in range(3):
+        threading.Thread(target=lambda: pool.take().destroy()).start()  # refills from threads
+    deadline = time.monotonic() + 90
+    while pool.ready.qsize() < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    try:
+        alive = [sb.proc.poll() is None for sb in list(pool.ready.queue)]  # type: ignore[attr-defined]
+        assert len(alive) >= 3 and all(alive), alive
+    finally:
+        pool.close()

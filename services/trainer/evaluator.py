@@ -30,6 +30,9 @@ STATUSES = {
 }
 
 
+CPU_MARGIN_SECONDS = 30
+
+
 class BadRequest(ValueError):
     """The request itself is wrong (unknown task, empty code): the caller's error, not the
     candidate's."""
@@ -89,6 +92,9 @@ class Job:
             "max_params": self.limits.max_params,
             "threads": threads,
             "memory_bytes": self.limits.memory_bytes,
+            # A backstop under the wall-clock kill: whatever happens to the trainer, a
+            # sandboxed process cannot burn more CPU than its run was allowed.
+            "cpu_seconds": int(self.limits.wall_seconds * max(threads, 1)) + CPU_MARGIN_SECONDS,
             "max_processes": self.limits.max_processes,
             "file_bytes": self.limits.file_bytes,
             "open_files": self.limits.open_files,

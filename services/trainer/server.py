@@ -67,41 +67,51 @@ def make_backend(config: TrainerConfig) -> Backend:
 
 
 class WarmPool:
-    """Pre-started sandboxes, each handed out once; refilled in the background."""
+    """Pre-started sandboxes, each handed out once; refilled in the background.
+
+    One long-lived thread starts them all: `bwrap --die-with-parent` kills a sandbox
+    when the *thread* that spawned it exits (PR_SET_PDEATHSIG follows the parent
+    thread), so a sandbox must never be started from a short-lived thread.
+    """
 
     def __init__(self, backend: Backend, size: int) -> None:
         self.backend = backend
         self.size = size
         self.ready: queue.Queue[Sandbox] = queue.Queue()
         self.closed = False
+        self._wanted: queue.Queue[bool] = queue.Queue()
+        self._starter = threading.Thread(target=self._start_loop, daemon=True, name="warm-pool")
+        self._starter.start()
         for _ in range(size):
             self._refill()
 
-    def _refill(self) -> None:
-        def start() -> None:
+    def _start_loop(self) -> None:
+        while self._wanted.get():
             try:
                 sandbox = self.backend.start()
             except Exception:
                 log.warning("could not pre-start a sandbox", exc_info=True)
-                return
+                continue
             if self.closed:
                 sandbox.destroy()
             else:
                 self.ready.put(sandbox)
 
-        threading.Thread(target=start, daemon=True).start()
+    def _refill(self) -> None:
+        self._wanted.put(True)
 
     def take(self) -> Sandbox:
         try:
             sandbox = self.ready.get_nowait()
         except queue.Empty:
-            sandbox = self.backend.start()
+            sandbox = self.backend.start()  # in the caller's thread, which then runs it
         if self.size and not self.closed:
             self._refill()
         return sandbox
 
     def close(self) -> None:
         self.closed = True
+        self._wanted.put(False)
         while True:
             try:
                 self.ready.get_nowait().destroy()
