@@ -7,7 +7,6 @@ the server lists under /v1/models (entries with a `parent`) or that --adapter na
 accepted. Errors may be `{"error": {...}}` (OpenAI, recent vLLM) or flat (older vLLM).
 """
 
-import asyncio
 import os
 import time
 from typing import Any
@@ -26,7 +25,13 @@ from services.proposer.backends.base import (
     Unavailable,
     UnknownAdapter,
 )
-from services.proposer.backends.remote import LoopThread, Retryable, RetryPolicy, with_retries
+from services.proposer.backends.remote import (
+    LoopThread,
+    Retryable,
+    RetryPolicy,
+    sample_each,
+    with_retries,
+)
 
 
 def _message(payload: Any, fallback: str) -> str:
@@ -134,14 +139,7 @@ class OpenAIBackend(Backend):
                 f"adapter {adapter_id!r} is not served at {self.url} "
                 f"(known: {', '.join(self.adapters) or 'none'})"
             )
-        return self._loop.run(self._generate_all(prompt, n, sampling, adapter_id))
-
-    async def _generate_all(
-        self, prompt: str, n: int, sampling: Sampling, adapter_id: str
-    ) -> list[Completion]:
-        seeds = [None if sampling.seed is None else sampling.seed + i for i in range(n)]
-        jobs = [self._one(prompt, sampling, seed, adapter_id) for seed in seeds]
-        return list(await asyncio.gather(*jobs))
+        return self._loop.run(sample_each(self._one, prompt, n, sampling, adapter_id))
 
     async def _one(
         self, prompt: str, sampling: Sampling, seed: int | None, adapter_id: str

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from services.proposer.backends.base import TimedOut
+from services.proposer.backends.base import Completion, Sampling, TimedOut
 
 T = TypeVar("T")
 
@@ -76,3 +76,15 @@ async def with_retries(
             last = e
     assert last is not None
     raise last.kind(f"{what}: {last} (after {policy.attempts} attempts)")
+
+
+async def sample_each(
+    one: Callable[[str, Sampling, int | None, str], Awaitable[Completion]],
+    prompt: str,
+    n: int,
+    sampling: Sampling,
+    adapter_id: str,
+) -> list[Completion]:
+    """n single-sample requests in flight at once; sample i is seeded with seed + i."""
+    seeds = [None if sampling.seed is None else sampling.seed + i for i in range(n)]
+    return list(await asyncio.gather(*(one(prompt, sampling, s, adapter_id) for s in seeds)))

@@ -7,7 +7,6 @@ requests would give identical samples. TGI serves LoRA adapters loaded at its st
 not expose that field, so `AdapterClient` adds it. TGI has no soft prompts.
 """
 
-import asyncio
 import time
 
 import aiohttp
@@ -28,7 +27,13 @@ from services.proposer.backends.base import (
     Unavailable,
     UnknownAdapter,
 )
-from services.proposer.backends.remote import LoopThread, Retryable, RetryPolicy, with_retries
+from services.proposer.backends.remote import (
+    LoopThread,
+    Retryable,
+    RetryPolicy,
+    sample_each,
+    with_retries,
+)
 
 
 class AdapterClient(AsyncClient):
@@ -113,14 +118,7 @@ class TGIBackend(Backend):
                 f"adapter {adapter_id!r} is not among those the TGI server was started with "
                 f"({', '.join(self.adapters) or 'none'}); pass it with --adapter"
             )
-        return self._loop.run(self._generate_all(prompt, n, sampling, adapter_id))
-
-    async def _generate_all(
-        self, prompt: str, n: int, sampling: Sampling, adapter_id: str
-    ) -> list[Completion]:
-        seeds = [None if sampling.seed is None else sampling.seed + i for i in range(n)]
-        jobs = [self._one(prompt, sampling, seed, adapter_id) for seed in seeds]
-        return list(await asyncio.gather(*jobs))
+        return self._loop.run(sample_each(self._one, prompt, n, sampling, adapter_id))
 
     async def _one(
         self, prompt: str, sampling: Sampling, seed: int | None, adapter_id: str
