@@ -1,16 +1,26 @@
 """One way to run a gRPC service: health checking, reflection, graceful SIGTERM."""
 
+import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Statuses that say the service (not the caller) is in trouble: worth a warning in its log.
+_SERVER_SIDE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 # Kubernetes waits 30 s after SIGTERM by default; finish in-flight calls well within it.
 SHUTDOWN_GRACE_SECONDS = 20.0
@@ -71,3 +81,32 @@ def serve_forever(service: Service) -> None:
     signal.signal(signal.SIGINT, on_signal)
     done.wait()
     service.stop()
+
+
+def error_statuses(
+    mapping: Sequence[tuple[type[Exception], grpc.StatusCode]], service: str
+) -> Callable[[F], F]:
+    """A servicer-method decorator: the mapped exceptions become their statuses, with
+    their message as the details; anything else is logged and answered INTERNAL, so a
+    bug never leaks a stack trace to the caller nor kills the server."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return method(self, request, context)
+            except Exception as e:
+                code = next((c for kind, c in mapping if isinstance(e, kind)), None)
+                if code is None:
+                    log.exception("unexpected error", extra={"method": method.__name__})
+                    context.abort(
+                        grpc.StatusCode.INTERNAL,
+                        f"{method.__name__} failed inside the {service}; see its log",
+                    )
+                level = logging.WARNING if code in _SERVER_SIDE else logging.DEBUG
+                log.log(level, "%s: %s", code.name, e, extra={"method": method.__name__})
+                context.abort(code, str(e))
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,9 +1,6 @@
 """The Lineage gRPC service: translates between the wire and the storage."""
 
-import functools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import grpc
 from evo.v1 import lineage_pb2 as pb
@@ -16,28 +13,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50051
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _grpc_errors(method: F) -> F:
-    """Storage errors become gRPC statuses; anything else is INTERNAL without a stack trace."""
-
-    @functools.wraps(method)
-    def wrapper(self: "LineageServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except NotFound as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        except InvalidArgument as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except Exception:
-            log.exception("unexpected error", extra={"method": method.__name__})
-            context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"{method.__name__} failed inside the lineage store; see its log",
-            )
-
-    return wrapper  # type: ignore[return-value]
+_grpc_errors = grpc_server.error_statuses(
+    [(NotFound, grpc.StatusCode.NOT_FOUND), (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT)],
+    "lineage store",
+)
 
 
 class LineageServicer(pb_grpc.LineageServicer):

@@ -1,11 +1,8 @@
 """The Proposer gRPC service: validates requests, calls a backend, extracts programs."""
 
-import functools
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import grpc
 from evo.v1 import proposer_pb2 as pb
@@ -26,8 +23,6 @@ DEFAULT_SAMPLING = base.Sampling(temperature=0.8, top_p=1.0, max_new_tokens=512)
 # The paper's prompt-tuning settings, used for fields left 0.
 PAPER_TUNING = base.TuneSettings()
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (base.UnknownAdapter, grpc.StatusCode.NOT_FOUND),
     (base.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -43,27 +38,9 @@ class BadRequest(Exception):
     """The request breaks the contract; the message says which field and why."""
 
 
-def _grpc_errors(method: F) -> F:
-    """Backend errors become their gRPC statuses; anything else is INTERNAL, logged."""
-
-    @functools.wraps(method)
-    def wrapper(self: "ProposerServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except BadRequest as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except base.BackendError as e:
-            code = next(c for kind, c in _STATUS if isinstance(e, kind))
-            log.warning("backend error", extra={"method": method.__name__, "error": str(e)})
-            context.abort(code, str(e))
-        except Exception:
-            log.exception("unexpected error", extra={"method": method.__name__})
-            context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"{method.__name__} failed inside the proposer; see its log",
-            )
-
-    return wrapper  # type: ignore[return-value]
+_grpc_errors = grpc_server.error_statuses(
+    [(BadRequest, grpc.StatusCode.INVALID_ARGUMENT), *_STATUS], "proposer"
+)
 
 
 def sampling_from(request: pb.GenerateRequest) -> base.Sampling:
