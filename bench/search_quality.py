@@ -1,0 +1,267 @@
+"""Does the evolution help? EvoPrompting against its baselines at the same sample budget.
+
+Runs every method with several seeds through the running services (start them first:
+`evo up`, or `evo up --lm-backend tgi --lm-url http://tgi:80` for a served model), then
+reads the lineage store and writes, to --out:
+
+- results.json: per search, the counts and the best-fitness curve;
+- results.md: a table per method (mean over seeds) of best fitness, best test accuracy,
+  the fractions of children that parse, are unique and train, tokens and wall time;
+- curves.png: best fitness against the number of children evaluated;
+- pareto.png: parameters against test error, every method's front, the seeds, and the
+  MNIST-1D reference accuracies (CNN 94%, GRU 91%, MLP 68%).
+
+    .venv/bin/python -m bench.search_quality --out bench/quality [--seeds 0 1 2]
+        [--methods evoprompting few-shot ...] [--rounds 3 --prompts 3 --samples 6 --steps 2000]
+"""
+
+import argparse
+import io
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from evo.v1 import lineage_pb2 as pb
+
+from controller import addresses
+from controller.clients import Lineage, Proposer, Trainers, trainer_targets
+from controller.config import METHODS, SearchConfig
+from controller.progress import Progress
+from controller.search import Search
+
+REFERENCE_ACCURACY = {"CNN": 0.94, "GRU": 0.91, "MLP": 0.68}
+SEED = pb.CANDIDATE_ORIGIN_SEED
+
+
+@dataclass
+class Outcome:
+    method: str
+    seed: int
+    search_id: int
+    wall_seconds: float
+    children: int = 0
+    parsed: int = 0
+    unique: int = 0
+    trained: int = 0
+    scored: int = 0
+    tokens: int = 0
+    best_fitness: float | None = None
+    best_test_accuracy: float | None = None
+    # (children evaluated so far, best fitness so far), seeds included in the best.
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    # (params, test error) of every scored candidate, seeds marked by name.
+    points: list[tuple[int, float, str]] = field(default_factory=list)
+
+
+def config_for(method: str, seed: int, args: argparse.Namespace) -> SearchConfig:
+    config = SearchConfig(name=f"quality-{method}-seed{seed}", method=method, seed=seed)
+    evo = config.evolution
+    evo.rounds, evo.prompts_per_round, evo.samples_per_prompt = (
+        args.rounds,
+        args.prompts,
+        args.samples,
+    )
+    evo.population_size = args.population
+    config.training.steps = args.steps
+    config.training.seed = seed
+    config.training.wall_seconds = args.wall_seconds
+    config.proposer.max_new_tokens = args.max_new_tokens
+    config.tuning.epochs = args.tuning_epochs
+    return config
+
+
+def run_one(config: SearchConfig, lineage: Lineage, log: io.TextIOBase) -> tuple[int, float]:
+    made = lineage(
+        "CreateSearch",
+        pb.CreateSearchRequest(
+            name=config.name, task=config.task, method=config.method, config_json=config.to_json()
+        ),
+    ).search
+    trainers = Trainers(trainer_targets(config.services.trainers))
+    proposer = Proposer(addresses.resolve("proposer", None)) if config.uses_language_model else None
+    started = time.monotonic()
+    with Progress(made.id, stream=log, live=False) as progress:  # type: ignore[arg-type]
+        Search(config, made.id, lineage, trainers, proposer, progress).run()
+    trainers.close()
+    if proposer is not None:
+        proposer.close()
+    return made.id, time.monotonic() - started
+
+
+def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: float) -> Outcome:
+    found: list[pb.Candidate] = []
+    token = ""
+    while True:
+        page = lineage(
+            "ListCandidates",
+            pb.ListCandidatesRequest(search_id=search_id, page_size=1000, page_token=token),
+        )
+        found.extend(page.candidates)
+        token = page.next_page_token
+        if not token:
+            break
+    out = Outcome(method, seed, search_id, wall)
+    best: float | None = None
+    evaluated = 0
+    for c in sorted(found, key=lambda c: c.id):
+        scored = c.state == pb.CANDIDATE_STATE_SCORED
+        if scored:
+            best = c.fitness if best is None else max(best, c.fitness)
+            m = c.evaluation.metrics
+            if m.HasField("test_accuracy"):
+                out.points.append(
+                    (m.num_params, 1 - m.test_accuracy, c.name if c.origin == SEED else "")
+                )
+                if out.best_test_accuracy is None or m.test_accuracy > out.best_test_accuracy:
+                    out.best_test_accuracy = m.test_accuracy
+        if c.origin == SEED:
+            continue
+        out.children += 1
+        out.tokens += c.completion_tokens
+        out.parsed += not c.reason.startswith(("the program does not parse", "generation failed"))
+        out.unique += c.state != pb.CANDIDATE_STATE_DUPLICATE
+        out.trained += c.evaluation.status == 1  # EVAL_STATUS_OK
+        out.scored += scored
+        evaluated += 1
+        if best is not None:
+            out.curve.append((evaluated, best))
+    out.best_fitness = best
+    return out
+
+
+def _mean(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.mean(known):.3g}" if known else "-"
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [
+        "| method | searches | best fitness (mean) | best test accuracy (mean) | parse | unique "
+        "| train | scored | tokens per child | wall time (mean) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method in dict.fromkeys(o.method for o in outcomes):
+        mine = [o for o in outcomes if o.method == method]
+        children = sum(o.children for o in mine) or 1
+
+        def frac(key: str, mine: list[Outcome] = mine, children: int = children) -> str:
+            return f"{sum(getattr(o, key) for o in mine) / children:.0%}"
+
+        rows.append(
+            f"| {method} | {len(mine)} | {_mean([o.best_fitness for o in mine])} | "
+            f"{_mean([o.best_test_accuracy for o in mine])} | {frac('parsed')} | "
+            f"{frac('unique')} | {frac('trained')} | {frac('scored')} | "
+            f"{sum(o.tokens for o in mine) / children:.0f} | "
+            f"{statistics.mean(o.wall_seconds for o in mine) / 60:.1f} min |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def figures(outcomes: list[Outcome], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for o in outcomes:
+        if o.curve:
+            xs, ys = zip(*o.curve, strict=True)
+            label = (
+                o.method
+                if o.seed == min(x.seed for x in outcomes if x.method == o.method)
+                else None
+            )
+            ax.step(
+                xs, [-y for y in ys], where="post", color=colours[o.method], label=label, alpha=0.8
+            )
+    ax.set_yscale("log")
+    ax.set_xlabel("children evaluated")
+    ax.set_ylabel("best -fitness = params x val error (lower is better)")
+    ax.set_title("Best fitness against children evaluated (one line per seed)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for o in outcomes:
+        kids = [(p, e) for p, e, name in o.points if not name]
+        if kids:
+            first = o.seed == min(x.seed for x in outcomes if x.method == o.method)
+            ax.scatter(
+                *zip(*kids, strict=True),
+                s=14,
+                alpha=0.6,
+                color=colours[o.method],
+                label=o.method if first else None,
+            )
+    seeds = {name: (p, e) for o in outcomes for p, e, name in o.points if name}
+    for name, (p, e) in seeds.items():
+        ax.scatter([p], [e], marker="*", s=160, color="black", zorder=5)
+        ax.annotate(name, (p, e), xytext=(5, 5), textcoords="offset points")
+    for name, acc in REFERENCE_ACCURACY.items():
+        ax.axhline(1 - acc, ls=":", color="grey")
+        ax.text(0.01, 1 - acc, f" {name} reference {acc:.0%}", transform=ax.get_yaxis_transform(),
+                fontsize=8, color="grey", va="bottom")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("test error")
+    ax.set_title("Scored children by method; seeds as stars")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/quality"))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=6)
+    parser.add_argument("--population", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--wall-seconds", type=float, default=120)
+    parser.add_argument("--max-new-tokens", type=int, default=320)
+    parser.add_argument("--tuning-epochs", type=int, default=2)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lineage = Lineage(addresses.resolve("lineage", None))
+    outcomes = []
+    with open(args.out / "searches.log", "a") as log:
+        for seed in args.seeds:
+            for method in args.methods:
+                config = config_for(method, seed, args)
+                print(f"{method}, seed {seed} ...", flush=True)
+                search_id, wall = run_one(config, lineage, log)  # type: ignore[arg-type]
+                outcome = measure(lineage, method, seed, search_id, wall)
+                print(
+                    f"  search {search_id}: {outcome.children} children, {outcome.scored} "
+                    f"scored, best fitness {outcome.best_fitness}, {wall / 60:.1f} min",
+                    flush=True,
+                )
+                outcomes.append(outcome)
+                (args.out / "results.json").write_text(
+                    json.dumps(
+                        {
+                            "args": {k: str(v) for k, v in vars(args).items()},
+                            "outcomes": [asdict(o) for o in outcomes],
+                        },
+                        indent=1,
+                    )
+                )
+    (args.out / "results.md").write_text(table(outcomes))
+    figures(outcomes, args.out)
+    print(table(outcomes))
+
+
+if __name__ == "__main__":
+    main()
