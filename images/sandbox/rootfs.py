@@ -229,8 +229,11 @@ def write(fs: RootFS, site: Path, out: BinaryIO) -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
         for info, data in extra:
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+        made = {info.name for info, _ in extra}
         for path in sorted(fs.entries):
             info = tarinfo(tar, path, fs.entries[path])
+            if info.name in made:
+                continue  # a checkout under /tmp puts /tmp among the host's paths too
             if info.isreg():
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
