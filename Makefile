@@ -58,11 +58,22 @@ sandbox-tools:
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.lineage_queries
 
-images:
-	@echo "make images: not yet - arrives with the deployment issue (issue 6)." && exit 1
+# Container images and the Kubernetes deployment (README: Deployment). `make images` builds
+# evo-lineage, evo-controller, evo-trainer and evo-lm offline (a debootstrap base, built once,
+# and wheels from this venv); `make deploy` also pushes them to $(REGISTRY) and applies
+# k8s/overlays/$(OVERLAY) (dev or gpu; gpu builds the CUDA trainer, which needs PyPI).
+REGISTRY ?=
+TAG ?= dev
+OVERLAY ?= dev
 
-deploy undeploy:
-	@echo "make $@: not yet - arrives with the deployment issue (issue 6)." && exit 1
+images: $(VENV)/.installed
+	REGISTRY=$(REGISTRY) TAG=$(TAG) images/build.sh
+
+deploy: $(VENV)/.installed
+	REGISTRY=$(REGISTRY) TAG=$(TAG) k8s/deploy.sh apply $(OVERLAY)
+
+undeploy:
+	k8s/deploy.sh delete $(OVERLAY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

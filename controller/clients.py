@@ -7,6 +7,7 @@ and records the candidate as failed. A request the service calls wrong is never 
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -155,16 +156,18 @@ class Trainers:
                     f"trainer {t.target} GetCapacity",
                     attempts,
                 )
-                t.slots = max(1, capacity.slots_total)
+                t.slots = max(1, capacity.slots_total) * dns_endpoints(t.target)
             except CallFailed as e:
                 log.warning("%s; assuming one slot", e)
         return sum(t.slots for t in self.trainers)
 
     def acquire(self, avoid: Trainer | None = None) -> Trainer:
+        """A trainer with a free slot; with several trainers, never `avoid` (the one that
+        just failed): wait for another's slot rather than retry a dead trainer at once."""
         with self._cond:
             while True:
                 free = [t for t in self.trainers if t.in_flight < t.slots]
-                if len(free) > 1 and avoid in free:
+                if len(self.trainers) > 1 and avoid in free:
                     free.remove(avoid)
                 if free:
                     best = min(free, key=lambda t: t.in_flight / t.slots)
@@ -180,6 +183,23 @@ class Trainers:
     def close(self) -> None:
         for t in self.trainers:
             t.close()
+
+
+def dns_endpoints(target: str) -> int:
+    """How many addresses a `dns:` target resolves to (a headless Service's pods), else 1.
+
+    The channel spreads calls over all of them round robin, so such a target counts as
+    that many trainers, each with the slots the one that answered GetCapacity reports.
+    """
+    if not target.startswith("dns:"):
+        return 1
+    name = target.rsplit("/", 1)[-1]
+    host = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return 1
+    return max(1, len({info[4][0] for info in infos}))
 
 
 def trainer_targets(configured: list[str]) -> list[str]:

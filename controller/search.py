@@ -132,9 +132,8 @@ class Search:
             "UpdateSearchState",
             pb.UpdateSearchStateRequest(search_id=self.id, state=pb.SEARCH_STATE_RUNNING),
         )
-        in_flight = self.config.services.max_in_flight or self.trainers.discover(
-            self.config.services.attempts
-        )
+        slots = self.trainers.discover(self.config.services.attempts)
+        in_flight = self.config.services.max_in_flight or slots
         self.task = self._task()
         if self.config.uses_language_model:
             self.info = self._proposer_info()

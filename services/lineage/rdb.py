@@ -1,6 +1,7 @@
 """The lineage store on SQLAlchemy: SQLite or PostgreSQL."""
 
 import json
+import math
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +46,11 @@ T = TypeVar("T")
 
 def _col(enum: Any, value: int) -> str:
     """An enum as a column value: CANDIDATE_STATE_SCORED is stored as 'scored'."""
-    return enum.Name(value).removeprefix(_prefix(enum)).lower()
+    try:
+        name = enum.Name(value)
+    except ValueError:  # a number no version of the contract defines
+        raise InvalidArgument(f"{enum.DESCRIPTOR.name} has no value {value}") from None
+    return name.removeprefix(_prefix(enum)).lower()
 
 
 def _enum(enum: Any, column: str) -> int:
@@ -173,7 +178,7 @@ class RDBStorage(LineageStorage):
         with self._write() as s:
             row = _get(s, SearchRow, req.search_id, "search")
             row.state = _col(pb.SearchState, req.state)
-            row.message = req.message
+            row.message = _clean(req.message)
             row.updated_at = utcnow()
             s.flush()
             return self._search_msg(s, row)
@@ -258,6 +263,7 @@ class RDBStorage(LineageStorage):
         _check_text("target_json", req.target_json, MAX_CONFIG_BYTES)
         if len(req.parent_ids) > MAX_PARENTS:
             raise InvalidArgument(f"a prompt may show at most {MAX_PARENTS} parents")
+        _check_finite(temperature=req.temperature)
 
         def find(s: Session) -> pb.Prompt | None:
             _get(s, SearchRow, req.search_id, "search")
@@ -276,9 +282,9 @@ class RDBStorage(LineageStorage):
                 search_id=req.search_id,
                 round_index=req.round_index,
                 prompt_index=req.prompt_index,
-                text=req.text,
+                text=_clean(req.text),
                 temperature=req.temperature,
-                target_json=req.target_json,
+                target_json=_clean(req.target_json),
                 parents=[
                     PromptParentRow(position=i, parent_id=p) for i, p in enumerate(req.parent_ids)
                 ],
@@ -296,9 +302,10 @@ class RDBStorage(LineageStorage):
     # ------------------------------------------------------------ candidates
 
     def record_candidate(self, req: pb.RecordCandidateRequest) -> tuple[pb.Candidate, bool]:
-        if not req.code.strip():
+        code = _clean(req.code)
+        if not code.strip():
             raise InvalidArgument("code is empty")
-        _check_text("code", req.code, MAX_CODE_BYTES, required=True)
+        _check_text("code", code, MAX_CODE_BYTES, required=True)
         _check_text("raw_completion", req.raw_completion, MAX_TEXT_BYTES)
         _check_name("name", req.name)
         _check_name("adapter_id", req.adapter_id)
@@ -308,12 +315,18 @@ class RDBStorage(LineageStorage):
             raise InvalidArgument("round_index and sample_index must be 0 or more")
         if len(req.parent_ids) > MAX_PARENTS:
             raise InvalidArgument(f"a candidate may have at most {MAX_PARENTS} parents")
+        sampling = req.proposer.sampling
+        _check_finite(
+            generation_seconds=req.generation_seconds,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+        )
         state = req.state or pb.CANDIDATE_STATE_PENDING
         if state not in (pb.CANDIDATE_STATE_PENDING, pb.CANDIDATE_STATE_FAILED):
             raise InvalidArgument(
                 "a new candidate is PENDING or FAILED; record an evaluation to score it"
             )
-        digest = code_hash(req.code)
+        digest = code_hash(code)
         origin_key = f"{req.round_index}:{req.prompt_id}:{req.sample_index}"
 
         def find(s: Session) -> pb.Candidate | None:
@@ -336,18 +349,17 @@ class RDBStorage(LineageStorage):
                         f"prompt {req.prompt_id} belongs to search {prompt.search_id}, "
                         f"not {req.search_id}"
                     )
-            norm = normalized_hash(req.code)
+            norm = normalized_hash(code)
             original = s.scalar(
                 select(func.min(CandidateRow.id)).where(
                     CandidateRow.search_id == req.search_id,
                     CandidateRow.normalized_hash == norm,
                 )
             )
-            row_state, reason = _col(pb.CandidateState, state), req.reason
+            row_state, reason = _col(pb.CandidateState, state), _clean(req.reason)
             if original is not None and state == pb.CANDIDATE_STATE_PENDING:
                 row_state = _col(pb.CandidateState, pb.CANDIDATE_STATE_DUPLICATE)
                 reason = f"same program as candidate {original}"
-            sampling = req.proposer.sampling
             has_sampling = req.proposer.HasField("sampling")
             row = CandidateRow(
                 search_id=req.search_id,
@@ -357,13 +369,13 @@ class RDBStorage(LineageStorage):
                 sample_index=req.sample_index,
                 origin_key=origin_key,
                 name=req.name,
-                code=req.code,
+                code=code,
                 code_hash=digest,
                 normalized_hash=norm,
                 state=row_state,
                 reason=reason,
                 duplicate_of_id=original,
-                raw_completion=req.raw_completion,
+                raw_completion=_clean(req.raw_completion),
                 backend=req.proposer.backend,
                 model_id=req.proposer.model_id,
                 temperature=sampling.temperature if has_sampling else None,
@@ -408,8 +420,15 @@ class RDBStorage(LineageStorage):
             )
         for field in ("message", "sandbox_backend", "trainer_id", "task"):
             _check_text(field, getattr(ev, field), MAX_TEXT_BYTES)
+        _check_finite(
+            best_val_accuracy=m.best_val_accuracy,
+            test_accuracy=m.test_accuracy,
+            train_seconds=m.train_seconds,
+            wall_seconds=ev.wall_seconds,
+        )
         fitness: float | None = None
         if req.HasField("fitness"):
+            _check_finite(fitness=req.fitness)
             fitness = req.fitness
         elif ok:
             fitness = -(m.num_params * m.best_val_error)
@@ -428,7 +447,7 @@ class RDBStorage(LineageStorage):
             assert row is not None
             row.evaluation = EvaluationRow(
                 status=_col(common.EvalStatus, ev.status),
-                message=ev.message,
+                message=_clean(ev.message),
                 num_params=m.num_params,
                 best_val_error=m.best_val_error if ok else None,
                 best_val_accuracy=m.best_val_accuracy if ok else None,
@@ -439,16 +458,16 @@ class RDBStorage(LineageStorage):
                     [[p.step, p.train_loss, p.val_accuracy, p.val_error] for p in m.val_curve]
                 ),
                 extra_json=json.dumps(dict(m.extra)),
-                log_tail=_tail(ev.log_tail, MAX_LOG_TAIL_BYTES),
-                sandbox_backend=ev.sandbox_backend,
-                trainer_id=ev.trainer_id,
-                task=ev.task,
+                log_tail=_clean(_tail(ev.log_tail, MAX_LOG_TAIL_BYTES)),
+                sandbox_backend=_clean(ev.sandbox_backend),
+                trainer_id=_clean(ev.trainer_id),
+                task=_clean(ev.task),
                 budget_steps=ev.budget_steps,
                 budget_seed=ev.budget_seed,
                 wall_seconds=ev.wall_seconds,
             )
             row.state = _col(pb.CandidateState, state)
-            row.reason = reason
+            row.reason = _clean(reason)
             if ok:
                 row.num_params = m.num_params
                 row.best_val_error = m.best_val_error
@@ -669,6 +688,22 @@ def _check_name(field: str, value: str, *, required: bool = False) -> None:
         raise InvalidArgument(f"{field} is required")
     if len(value) > MAX_NAME_CHARS:
         raise InvalidArgument(f"{field} is over the {MAX_NAME_CHARS}-character cap")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} contains a NUL character")
+
+
+def _clean(text_: str) -> str:
+    """Free text as stored: a NUL (which PostgreSQL's text cannot hold, and a sandboxed
+    program can print) becomes U+FFFD, on every database alike."""
+    return text_.replace("\x00", "\ufffd")
+
+
+def _check_finite(**values: float) -> None:
+    """Numbers stored in their own columns: NaN and infinity would sort and sum wrongly
+    (and SQLite turns NaN into NULL)."""
+    for field, value in values.items():
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{field} must be a finite number, got {value}")
 
 
 def _check_text(field: str, value: str, cap: int, *, required: bool = False) -> None:

@@ -6,6 +6,7 @@ every number in the result is computed below from those and the held-back labels
 
 import io
 import json
+import math
 import time
 import zipfile
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class Job:
         if min(asked.wall_seconds, asked.memory_bytes, asked.max_processes,
                asked.max_output_bytes, asked.max_params) < 0:  # fmt: skip
             raise BadRequest("limits must be 0 (the trainer's default) or more")
+        if math.isnan(asked.wall_seconds):
+            raise BadRequest("limits.wall_seconds is not a number")
         return cls(
             code=req.program.code,
             task=task,

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Build the service images. `make images` runs it; so does the container test.
+#
+#   images/build.sh                       # evo-lineage, evo-controller, evo-trainer, evo-lm (CPU)
+#   images/build.sh trainer lineage       # some of them
+#   REGISTRY=registry.example.com/evo TAG=v1 images/build.sh
+#   images/build.sh trainer-cuda          # the GPU trainer: needs a registry and PyPI
+#
+# CPU images build offline (`docker build --network none`): from evo-base:bookworm
+# (images/base/build-base.sh, debootstrap, built once) and the wheels that
+# images/wheelhouse.py gathers with this machine's pip. The CUDA trainer starts from
+# CUDA_BASE (default python:3.11-slim-bookworm, pulled), installs CUDA_TORCH from
+# CUDA_TORCH_INDEX (PyTorch's cu128 wheels) and jax[cuda12] from PIP_INDEX (PyPI), so it
+# needs a registry and the network; CI never builds it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REGISTRY=${REGISTRY:-}
+TAG=${TAG:-dev}
+PYTHON=${PYTHON:-.venv/bin/python}
+CONTEXT=images
+CUDA_BASE=${CUDA_BASE:-python:3.11-slim-bookworm}
+PIP_INDEX=${PIP_INDEX:-https://pypi.org/simple}
+CUDA_TORCH=${CUDA_TORCH:-torch==2.13.0+cu128}
+CUDA_TORCH_INDEX=${CUDA_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}
+services=("$@")
+((${#services[@]})) || services=(lineage controller trainer lm)
+
+die() {
+    echo "images: $*" >&2
+    exit 1
+}
+name() { echo "${REGISTRY:+${REGISTRY%/}/}evo-$1:${TAG}"; }
+# docker build, silent unless it fails (then its whole output).
+build() {
+    local log
+    log=$(mktemp)
+    if ! docker build --quiet "$@" >"${log}" 2>&1; then
+        cat "${log}" >&2
+        rm -f "${log}"
+        die "docker build $* failed"
+    fi
+    rm -f "${log}"
+}
+
+[[ -x ${PYTHON} ]] || die "no Python at ${PYTHON}: run 'make install'"
+docker info >/dev/null 2>&1 || die "no Docker engine: run images/sandbox/start-docker-engine.sh or set DOCKER_HOST"
+started=${SECONDS}
+images/base/build-base.sh
+"${PYTHON}" images/wheelhouse.py
+
+for service in "${services[@]}"; do
+    t=${SECONDS}
+    case ${service} in
+    lineage | controller | trainer | lm)
+        build --network none -f "images/${service}/Dockerfile" -t "$(name "${service}")" "${CONTEXT}"
+        ;;
+    trainer-cuda)
+        build --network host -f images/trainer/Dockerfile \
+            --build-arg "BASE=${CUDA_BASE}" --build-arg "PIP_INDEX=${PIP_INDEX}" \
+            --build-arg "TORCH=${CUDA_TORCH}" --build-arg "TORCH_INDEX=${CUDA_TORCH_INDEX}" \
+            --build-arg "ACCELERATORS=jax[cuda12]" \
+            -t "$(name trainer-cuda)" "${CONTEXT}"
+        ;;
+    *) die "unknown image '${service}' (lineage, controller, trainer, lm, trainer-cuda)" ;;
+    esac
+    size=$(docker image inspect -f '{{.Size}}' "$(name "${service}")")
+    echo "images: $(name "${service}") $((size / 1024 / 1024)) MiB in $((SECONDS - t)) s"
+done
+echo "images: done in $((SECONDS - started)) s"

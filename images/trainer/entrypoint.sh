@@ -1,0 +1,48 @@
+#!/bin/sh
+# The trainer image's entrypoint: `evo "$@"`, after checking that the bwrap sandbox can start.
+#
+# bubblewrap needs three things a default container does not give a non-root process:
+# user namespaces past the runtime's seccomp profile, an unmasked /proc to mount a fresh
+# one, and mount rights past AppArmor. Without them every candidate would fail as
+# CRASHED; instead the trainer refuses to start and says which one is missing.
+# EVO_SKIP_SANDBOX_CHECK=1 skips the check.
+set -eu
+
+backend=${EVO_SANDBOX:-bwrap}
+prev=
+for arg in "$@"; do
+    case ${arg} in --backend=*) backend=${arg#--backend=} ;; esac
+    if [ "${prev}" = --backend ]; then backend=${arg}; fi
+    prev=${arg}
+done
+case "${1:-} ${2:-}" in
+"serve trainer" | "sandbox run") uses_sandbox=yes ;;
+*) uses_sandbox=no ;;
+esac
+
+if [ "${uses_sandbox}" = yes ] && [ "${backend}" = bwrap ] && [ -z "${EVO_SKIP_SANDBOX_CHECK:-}" ]; then
+    if ! why=$(bwrap --unshare-user --unshare-pid --unshare-net --unshare-ipc --unshare-uts \
+        --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp true 2>&1); then
+        {
+            echo "evo-trainer: the bwrap sandbox cannot start in this container: ${why}"
+            case ${why} in
+            *"new namespace"*)
+                echo "evo-trainer: user namespaces are blocked. Run the container with the seccomp"
+                echo "  profile evo-trainer-bwrap.json (Kubernetes: seccompProfile type Localhost;"
+                echo "  docker: --security-opt seccomp=images/trainer/evo-trainer-bwrap.json) on a"
+                echo "  kernel that allows unprivileged user namespaces (user.max_user_namespaces > 0)."
+                ;;
+            *proc*)
+                echo "evo-trainer: /proc is masked, so the sandbox cannot mount its own. Kubernetes:"
+                echo "  hostUsers: false with procMount: Unmasked; docker: --security-opt systempaths=unconfined."
+                echo "  If that is set, AppArmor may refuse the mount: load k8s/node/evo-trainer-bwrap.apparmor."
+                ;;
+            *)
+                echo "evo-trainer: see the trainer's node requirements in README.md (Deployment)."
+                ;;
+            esac
+        } >&2
+        exit 78 # EX_CONFIG
+    fi
+fi
+exec evo "$@"

