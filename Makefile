@@ -40,7 +40,7 @@ test: lint
 # lineage, writes the HTML report to demo-report/, and stops the stack (even on Ctrl-C).
 DEMO_REPORT ?= demo-report
 demo: $(VENV)/.installed sandbox-tools
-	@echo "== make demo: EvoPrompting on MNIST-1D with SmolLM2-135M on this CPU (about 15 minutes)."
+	@echo "== make demo: EvoPrompting on MNIST-1D with SmolLM2-135M on this CPU (about 7 minutes on 2 cores)."
 	@echo "== Expect mostly broken children: a 135M-parameter model writes mostly broken code."
 	@echo "== Real searches point the proposal service at a served model (README: 'A real model')."
 	@set -e; trap '$(BIN)/evo down' EXIT; \
