@@ -161,7 +161,9 @@ def sandbox_processes(trainer: server.Trainer) -> list[str]:
     then describe whatever is left so that a failure says what it was.
     """
     deadline = time.monotonic() + 60  # let the pool finish pre-starting its replacement
-    while trainer.pool.ready.qsize() < trainer.config.warm and time.monotonic() < deadline:
+    while (
+        trainer.pool.ready.qsize() < trainer.config.warm or trainer.pool.starting()
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
     waiting = {getattr(sb, "uid", None) for sb in list(trainer.pool.ready.queue)}
     settle = time.monotonic() + 5

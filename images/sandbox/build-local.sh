@@ -27,6 +27,8 @@ docker info >/dev/null 2>&1 || die "no Docker engine: run images/sandbox/start-d
 
 # The interpreter path as the venv spells it (not resolved): its pyvenv.cfg sits beside bin/.
 python_in_image=$("${PYTHON}" -c 'import sys; print(sys.executable)')
+# The container mounts its own tmpfs on /tmp, which would hide a venv that lives there.
+[[ ${python_in_image} != /tmp/* ]] || die "the venv is under /tmp (${python_in_image}), which the sandbox's own /tmp hides: use a checkout elsewhere"
 child_sha=$(sha256sum services/trainer/child.py | cut -d' ' -f1)
 old_id=$(docker image inspect -f '{{.Id}}' "${IMAGE}" 2>/dev/null || true)
 started=${SECONDS}

@@ -89,13 +89,18 @@ class WarmPool:
         while self._wanted.get():
             try:
                 sandbox = self.backend.start()
+                if self.closed:
+                    sandbox.destroy()
+                else:
+                    self.ready.put(sandbox)
             except Exception:
                 log.warning("could not pre-start a sandbox", exc_info=True)
-                continue
-            if self.closed:
-                sandbox.destroy()
-            else:
-                self.ready.put(sandbox)
+            finally:
+                self._wanted.task_done()
+
+    def starting(self) -> int:
+        """Sandboxes asked for and not in `ready` yet (being started, or about to be)."""
+        return self._wanted.unfinished_tasks
 
     def _refill(self) -> None:
         self._wanted.put(True)

@@ -111,7 +111,9 @@ class BwrapBackend(Backend):
         for etc in ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"):
             if os.path.exists(etc):
                 args += ["--ro-bind", etc, etc]
-        made: set[str] = set()
+        # /tmp is the sandbox's own tmpfs (mode 1777): a checkout under /tmp must not
+        # remake it 0755, which would leave the candidate no writable scratch.
+        made: set[str] = {"/tmp"}
         for path in python_paths():
             # Parents bwrap makes on its own are private (0700) to the unprivileged uid.
             for parent in reversed(Path(path).parents[:-1]):
