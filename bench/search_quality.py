@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 
 from controller import addresses
@@ -122,7 +123,7 @@ def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: floa
         out.tokens += c.completion_tokens
         out.parsed += not c.reason.startswith(("the program does not parse", "generation failed"))
         out.unique += c.state != pb.CANDIDATE_STATE_DUPLICATE
-        out.trained += c.evaluation.status == 1  # EVAL_STATUS_OK
+        out.trained += c.evaluation.status == common.EVAL_STATUS_OK
         out.scored += scored
         evaluated += 1
         if best is not None:

@@ -40,12 +40,12 @@ class Progress:
         self._lock = threading.Lock()
         self._stream = stream or sys.stderr
         self._console = Console(file=self._stream)
+        self._started = time.monotonic()
         if live is None:
             live = self._console.is_terminal
         self._live: Live | None = None
         if live:
             self._live = Live(self._panel(), console=self._console, refresh_per_second=4)
-        self._started = time.monotonic()
 
     def __enter__(self) -> "Progress":
         if self._live is not None:
@@ -101,7 +101,7 @@ class Progress:
         table = Table(title=f"search {self.search_id}", show_header=False, box=None)
         table.add_column(style="bold")
         table.add_column()
-        elapsed = time.monotonic() - self._started if hasattr(self, "_started") else 0.0
+        elapsed = time.monotonic() - self._started
         table.add_row("round", f"{c.round_index} of {c.rounds}: {c.phase}")
         table.add_row(
             "candidates",

@@ -28,7 +28,7 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from evo.v1 import proposer_pb2, trainer_pb2
 
-from controller import mutations, prompts
+from controller import lineage_views, mutations, prompts
 from controller.clients import (
     RETRYABLE,
     Backoff,
@@ -208,8 +208,7 @@ class Search:
             adapter, loss = self._tune(r)
         self._record_round(r, pb.ROUND_STATE_FINISHED, adapter, loss)
         states = Counter(
-            pb.CandidateState.Name(c.state).split("_STATE_")[1].lower()
-            for c in self._candidates(round_index=r)
+            lineage_views.short_state(c.state) for c in self._candidates(round_index=r)
         )
         top = self.top()
         best = f"; best fitness {top[0].fitness:.1f} (candidate {top[0].id})" if top else ""
