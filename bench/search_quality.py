@@ -92,17 +92,7 @@ def run_one(config: SearchConfig, lineage: Lineage, log: io.TextIOBase) -> tuple
 
 
 def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: float) -> Outcome:
-    found: list[pb.Candidate] = []
-    token = ""
-    while True:
-        page = lineage(
-            "ListCandidates",
-            pb.ListCandidatesRequest(search_id=search_id, page_size=1000, page_token=token),
-        )
-        found.extend(page.candidates)
-        token = page.next_page_token
-        if not token:
-            break
+    found = lineage.candidates(pb.ListCandidatesRequest(search_id=search_id))
     out = Outcome(method, seed, search_id, wall)
     best: float | None = None
     evaluated = 0

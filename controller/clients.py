@@ -107,6 +107,17 @@ class Lineage:
             LINEAGE_ATTEMPTS,
         )
 
+    def candidates(self, request: Any) -> list[Any]:
+        """Every candidate a ListCandidatesRequest matches, all pages of it."""
+        found: list[Any] = []
+        request.page_size = request.page_size or 1000
+        while True:
+            page = self("ListCandidates", request)
+            found.extend(page.candidates)
+            if not page.next_page_token:
+                return found
+            request.page_token = page.next_page_token
+
     def close(self) -> None:
         self._channel.close()
 

@@ -641,23 +641,14 @@ class Search:
         before_round: int | None = None,
         code: bool = False,
     ) -> list[pb.Candidate]:
-        found: list[pb.Candidate] = []
-        token = ""
-        while True:
-            request = pb.ListCandidatesRequest(
-                search_id=self.id,
-                states=list(states),  # type: ignore[arg-type]
-                page_size=1000,
-                page_token=token,
-                include_code=code,
-            )
-            if round_index is not None:
-                request.round_index = round_index
-            page = self.lineage("ListCandidates", request)
-            found.extend(page.candidates)
-            token = page.next_page_token
-            if not token:
-                break
+        request = pb.ListCandidatesRequest(
+            search_id=self.id,
+            states=list(states),  # type: ignore[arg-type]
+            include_code=code,
+        )
+        if round_index is not None:
+            request.round_index = round_index
+        found = self.lineage.candidates(request)
         if before_round is not None:
             found = [c for c in found if c.round_index < before_round]
         return found
