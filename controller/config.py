@@ -41,6 +41,8 @@ class EvolutionConfig:
     tune_on: str = "not-selected"
     # The `mutation` baseline: regularised evolution's tournament size.
     tournament_size: int = 3
+    # The task's seed programs to start from, by name; empty: all of them (the paper).
+    seeds: list[str] = field(default_factory=list)
 
 
 @dataclass

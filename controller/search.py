@@ -135,6 +135,7 @@ class Search:
         slots = self.trainers.discover(self.config.services.attempts)
         in_flight = self.config.services.max_in_flight or slots
         self.task = self._task()
+        self._choose_seeds()
         if self.config.uses_language_model:
             self.info = self._proposer_info()
         self.progress.update(rounds=self.plan.rounds)
@@ -581,6 +582,23 @@ class Search:
             f"trainer {trainer.target} GetTask",
             self.config.services.attempts,
         )
+
+    def _choose_seeds(self) -> None:
+        """Keep only the seeds the config names (`evolution.seeds`), in the task's order."""
+        assert self.task is not None
+        wanted = self.config.evolution.seeds
+        if not wanted:
+            return
+        known = [s.name for s in self.task.seeds]
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            raise RuntimeError(
+                f"evolution.seeds: task {self.config.task} has no seed named "
+                f"{', '.join(unknown)}; its seeds are {', '.join(known)}"
+            )
+        kept = [s for s in self.task.seeds if s.name in set(wanted)]
+        del self.task.seeds[:]
+        self.task.seeds.extend(kept)
 
     def _proposer_info(self) -> proposer_pb2.ProposerInfo:
         assert self.proposer is not None

@@ -242,7 +242,12 @@ def main() -> None:
     job, data = read_job(sys.stdin.buffer)
     apply_limits(job)
     try:
-        result = run(job, data, out)
+        if job.get("runner") == "clrs":
+            from services.trainer import clrs_child
+
+            result = clrs_child.run(job, data, out)
+        else:
+            result = run(job, data, out)
     except StageFailure as f:
         result = {"meta": {"status": f.status, "stage": f.stage, "message": f.message}}
     except BaseException as e:

@@ -133,7 +133,9 @@ def sandbox() -> None:
 @sandbox.command("run")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--task", default="mnist1d", show_default=True)
-@click.option("--steps", default=0, help="Training steps [default: the task's, 8000 for mnist1d].")
+@click.option(
+    "--steps", default=0, help="Training steps [default: the task's: mnist1d 8000, clrs/* 2000]."
+)
 @click.option("--seed", default=0, show_default=True)
 @backend_option
 @click.option("--time-limit", default=600.0, show_default=True, help="Wall-clock seconds.")
@@ -161,9 +163,8 @@ def sandbox_run(
 
     config = _config(backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated)
     request = pb.EvaluateRequest(
-        program=pb.Program(
-            code=file.read_text(errors="replace"), language=pb.PROGRAM_LANGUAGE_PYTORCH
-        ),
+        # The task decides the language (PyTorch for mnist1d, JAX for clrs/*).
+        program=pb.Program(code=file.read_text(errors="replace")),
         task=task,
         budget=pb.Budget(steps=steps, seed=seed),
         request_id=file.name,
@@ -194,7 +195,7 @@ def sandbox_run(
     if as_json:
         click.echo(json.dumps(result_dict(result), indent=2))
     else:
-        print_result(result)
+        print_result(result, clrs=task.startswith("clrs/"))
     sys.exit(0 if result.status == 1 else 2)
 
 
@@ -209,7 +210,7 @@ def result_dict(result: Any) -> dict[str, Any]:
     return data
 
 
-def print_result(result: Any) -> None:
+def print_result(result: Any, clrs: bool = False) -> None:
     from evo.v1 import common_pb2
     from rich.console import Console
     from rich.table import Table
@@ -223,8 +224,8 @@ def print_result(result: Any) -> None:
     if result.status == common_pb2.EVAL_STATUS_OK:
         rows += [
             ("parameters", f"{m.num_params:,}"),
-            ("best val accuracy", f"{m.best_val_accuracy:.4f}"),
-            ("test accuracy", f"{m.test_accuracy:.4f}"),
+            ("best val score" if clrs else "best val accuracy", f"{m.best_val_accuracy:.4f}"),
+            ("test score (OOD)" if clrs else "test accuracy", f"{m.test_accuracy:.4f}"),
             ("fitness", f"{-(m.num_params * m.best_val_error):.1f}"),
             ("steps", str(m.steps_completed)),
             ("train time", f"{m.train_seconds:.1f} s"),

@@ -32,6 +32,7 @@ STATUSES = {
 
 
 CPU_MARGIN_SECONDS = 30
+LANGUAGES = {pb.PROGRAM_LANGUAGE_PYTORCH: "pytorch", pb.PROGRAM_LANGUAGE_JAX: "jax"}
 
 
 class BadRequest(ValueError):
@@ -52,12 +53,15 @@ class Job:
     def from_request(cls, req: pb.EvaluateRequest, cap: Limits) -> "Job":
         if not req.program.code.strip():
             raise BadRequest("program.code is empty")
-        if req.program.language == pb.PROGRAM_LANGUAGE_JAX:
-            raise BadRequest("JAX programs are not supported by this task yet")
         try:
             task = tasks.get(req.task or "mnist1d")
         except KeyError as e:
             raise BadRequest(str(e.args[0])) from None
+        except (ValueError, ModuleNotFoundError) as e:
+            raise BadRequest(str(e)) from None
+        language = LANGUAGES.get(req.program.language)
+        if language and language != task.language:
+            raise BadRequest(f"task {task.name} takes {task.language} programs, not {language}")
         if req.budget.steps < 0 or req.budget.eval_every < 0:
             raise BadRequest("budget.steps and budget.eval_every must be 0 (default) or more")
         steps = req.budget.steps or task.recipe.default_steps
@@ -83,15 +87,12 @@ class Job:
         )
 
     def encode(self, threads: int) -> bytes:
-        data = self.task.dataset()
         spec = {
+            **self.task.job_fields(),
             "code": self.code,
             "steps": self.steps,
             "seed": self.seed,
             "eval_every": self.eval_every,
-            "batch_size": self.task.recipe.batch_size,
-            "lr": self.task.recipe.learning_rate,
-            "num_classes": self.task.num_classes,
             "max_params": self.limits.max_params,
             "threads": threads,
             "memory_bytes": self.limits.memory_bytes,
@@ -103,14 +104,11 @@ class Job:
             "open_files": self.limits.open_files,
         }
         buf = io.BytesIO()
-        # Training labels go in; validation and test labels never do.
+        # Inputs and training labels go in; validation and test labels never do.
         np.savez(
             buf,
             job=np.frombuffer(json.dumps(spec).encode(), dtype=np.uint8),
-            train_x=data.train.x,
-            train_y=data.train.y,
-            val_x=data.val.x,
-            test_x=data.test.x,
+            **self.task.sandbox_arrays(),
         )
         return encode_job(buf.getvalue())
 
@@ -190,7 +188,7 @@ def judge(job: Job, raw: RawRun) -> pb.EvaluateResponse:
         )
     try:
         return score(job, raw.result)
-    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, KeyError, TypeError, OSError, AssertionError, zipfile.BadZipFile) as e:
         return _fail(common.EVAL_STATUS_CRASHED, f"returned a malformed result ({e})")
 
 
@@ -212,16 +210,12 @@ def score(job: Job, result: bytes) -> pb.EvaluateResponse:
     if status != common.EVAL_STATUS_OK:
         return _fail(status, message)
 
-    data = job.task.dataset()
     val_steps = arrays["val_steps"].astype(np.int64)
-    val_preds = arrays["val_preds"]
-    test_preds = arrays["test_preds"]
     losses = arrays["train_loss"].astype(np.float64)
     n = len(val_steps)
-    if n == 0 or val_preds.shape != (n, len(data.val.y)) or len(losses) != n:
-        raise ValueError("validation predictions do not match the validation split")
-    if test_preds.shape != (len(data.test.y),):
-        raise ValueError("test predictions do not match the test split")
+    if n == 0 or len(losses) != n:
+        raise ValueError("validation checkpoints and losses do not match")
+    val_acc, test_acc = job.task.score(arrays, n)
     weights = [v for k, v in arrays.items() if k.startswith("w")]
     if not weights or any(not np.issubdtype(w.dtype, np.number) for w in weights):
         raise ValueError("no numeric weights returned")
@@ -232,8 +226,6 @@ def score(job: Job, result: bytes) -> pb.EvaluateResponse:
             f"{num_params:,} parameters, over the cap of {job.limits.max_params:,}",
         )
 
-    val_acc = [job.task.accuracy(p, data.val.y) for p in val_preds]
-    test_acc = job.task.accuracy(test_preds, data.test.y)
     best = int(np.argmax(val_acc))
     metrics = common.Metrics(
         num_params=num_params,

@@ -272,6 +272,10 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             return task_info(request.name)
         except KeyError as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except ModuleNotFoundError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
 
 def _drain(events: "queue.Queue[pb.EvaluateEvent | None]") -> Iterator[pb.EvaluateEvent]:

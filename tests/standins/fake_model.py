@@ -22,6 +22,30 @@ def token_id(piece: str) -> int:
     return 1 + int.from_bytes(hashlib.sha256(piece.encode()).digest()[:2], "big")
 
 
+TRIPLET_OPENING = "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):"
+_TRIPLET_TERMS = {
+    "z": "jnp.expand_dims(hk.Linear({h})(z), axis={axes})",
+    "edge_fts": "jnp.expand_dims(hk.Linear({h})(edge_fts), axis={axes})",
+}
+
+
+def triplet_program(rng: random.Random) -> str:
+    """A body for the CLRS task's `get_triplet_msgs`: a random subset of its terms."""
+    h = rng.choice(["nb_triplet_fts", "nb_triplet_fts // 2", "4"])
+    terms = [
+        _TRIPLET_TERMS["z"].format(h=h, axes=axes)
+        for axes in ("(2, 3)", "(1, 3)", "(1, 2)")
+        if rng.random() < 0.8
+    ] or [_TRIPLET_TERMS["z"].format(h=h, axes="(2, 3)")]
+    terms += [
+        _TRIPLET_TERMS["edge_fts"].format(h=h, axes=axis)
+        for axis in ("3", "2", "1")
+        if rng.random() < 0.5
+    ]
+    body = "\n      + ".join(terms)
+    return f"\n  return (\n      {body}\n  )\n"
+
+
 def program(rng: random.Random, adapter: str) -> str:
     """A body for `class Model(nn.Module):`; an adapter shifts it toward convolutions."""
     width = rng.choice([16, 32, 64, 128])
@@ -64,7 +88,8 @@ def generate(
     key = f"{prompt}|{used_seed}|{adapter}|{temperature if sample else 0}"
     rng = random.Random(hashlib.sha256(key.encode()).digest())
     pieces: list[str] = []
-    for piece in tokenize(program(rng, adapter)):
+    text = triplet_program(rng) if prompt.rstrip().endswith(TRIPLET_OPENING) else None
+    for piece in tokenize(text or program(rng, adapter)):
         if len(pieces) == max_new_tokens:
             return Generation(pieces, "length", used_seed)
         pieces.append(piece)

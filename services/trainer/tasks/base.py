@@ -1,8 +1,13 @@
-"""The task plug-in interface: data, training recipe, metrics, seeds and prompt header."""
+"""The task plug-in interface: data, training recipe, metrics, seeds and prompt header.
+
+A task says what enters the sandbox (`sandbox_arrays`, `job_fields`: never validation or
+test labels) and scores what comes back (`score`) on the trusted side.
+"""
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +43,9 @@ class Task(ABC):
     name: str
     description: str
     language: str  # "pytorch" or "jax"
+    # Which training loop runs inside the sandbox: "torch" (services.trainer.child) or
+    # "clrs" (services.trainer.clrs_child).
+    runner = "torch"
     num_classes: int
     recipe: Recipe
     program_opening = "class Model(nn.Module):"
@@ -58,3 +66,34 @@ class Task(ABC):
 
     def accuracy(self, predictions: np.ndarray, labels: np.ndarray) -> float:
         return float(np.mean(predictions.astype(np.int64) == labels))
+
+    def job_fields(self) -> dict[str, Any]:
+        """The training recipe as the sandbox's job sees it."""
+        return {
+            "runner": self.runner,
+            "batch_size": self.recipe.batch_size,
+            "lr": self.recipe.learning_rate,
+            "num_classes": self.num_classes,
+        }
+
+    def sandbox_arrays(self) -> dict[str, np.ndarray]:
+        """Everything the candidate may see: inputs, and the training labels only."""
+        data = self.dataset()
+        return {
+            "train_x": data.train.x,
+            "train_y": data.train.y,
+            "val_x": data.val.x,
+            "test_x": data.test.x,
+        }
+
+    def score(self, arrays: dict[str, np.ndarray], checkpoints: int) -> tuple[list[float], float]:
+        """Validation accuracy at each checkpoint and the test accuracy, from the
+        sandbox's predictions and the labels held here. ValueError if malformed."""
+        data = self.dataset()
+        val_preds, test_preds = arrays["val_preds"], arrays["test_preds"]
+        if val_preds.shape != (checkpoints, len(data.val.y)):
+            raise ValueError("validation predictions do not match the validation split")
+        if test_preds.shape != (len(data.test.y),):
+            raise ValueError("test predictions do not match the test split")
+        val = [self.accuracy(p, data.val.y) for p in val_preds]
+        return val, self.accuracy(test_preds, data.test.y)

@@ -1,0 +1,229 @@
+"""CLRS-30 (Veličković et al. 2022): the paper's triplet-message search on Triplet-GMPNN.
+
+A task name is `clrs/ALGORITHM`, optionally with sizes for quick runs:
+`clrs/bfs:train=100,val=16,test=16,test_length=32,hidden=32`. Without them it is the
+CLRS-30 benchmark: dm-clrs's samplers with its standard seeds, 1,000 training
+trajectories of size 16, validation at size 16, out-of-distribution test at size 64.
+Data is generated here, offline, and cached; the score is CLRS's own (the mean over
+outputs of micro-F1 or pointer accuracy), computed here from the sandbox's predictions.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from services.trainer import clrs_lib
+from services.trainer.clrs_child import PUBLISHED
+from services.trainer.tasks.base import Dataset, Recipe, Task
+from services.trainer.tasks.mnist1d import cache_dir
+
+PREFIX = "clrs/"
+# The paper trains each child 2,000 steps (Ibarz et al. train 10,000).
+DEFAULT_STEPS = 2000
+# dm-clrs's CLRS30 splits: (samples, length, seed); val and test samples are multiplied
+# for the algorithms with few output signals, as its dataset builder does.
+SPLITS = {"train": (1000, 16, 1), "val": (32, 16, 2), "test": (32, 64, 3)}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    train: int = 1000
+    val: int = 0  # 0: CLRS-30's count for the algorithm
+    test: int = 0
+    length: int = 16
+    test_length: int = 64
+    hidden: int = PUBLISHED["hidden_dim"]
+    batch: int = PUBLISHED["batch_size"]
+
+    @classmethod
+    def parse(cls, text: str) -> "Sizes":
+        sizes = cls()
+        known = {f.name for f in fields(cls)}
+        for part in filter(None, text.split(",")):
+            key, _, value = part.partition("=")
+            if key not in known or not value.isdigit() or int(value) < 1:
+                raise ValueError(
+                    f"clrs task option {part!r}: expected NAME=POSITIVE_INTEGER with NAME one "
+                    f"of {', '.join(sorted(known))}"
+                )
+            sizes = replace(sizes, **{key: int(value)})
+        if sizes.length < 4 or sizes.test_length < 4:
+            raise ValueError("clrs task option: length and test_length must be 4 or more")
+        return sizes
+
+
+def algorithms() -> list[str]:
+    return list(clrs_lib.load().specs.CLRS_30_ALGS)
+
+
+def first_hint_step_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Hints with every time step set to the first: all the model reads at evaluation
+    (it feeds back its own predicted hints), and no later step can leak an answer."""
+    out = {}
+    for key, value in arrays.items():
+        if ".hint." in key:
+            value = np.broadcast_to(value[:1], value.shape).copy()
+        out[key] = value
+    return out
+
+
+class Clrs(Task):
+    language = "jax"
+    runner = "clrs"
+    num_classes = 0
+    program_opening = "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):"
+    seed_package = "services.trainer.tasks.seeds.clrs"
+    prompt_header = (
+        "# Triplet-message functions for the Triplet-GMPNN processor (CLRS benchmark).\n"
+        "# z: node features (B, N, F); edge_fts: (B, N, N, F); graph_fts: (B, F).\n"
+        "# Returns triplet messages of shape (B, N, N, N, nb_triplet_fts), max-reduced over\n"
+        "# the first node axis by the processor. Smaller and more accurate is better.\n"
+        "import haiku as hk\nimport jax\nimport jax.numpy as jnp\n"
+    )
+
+    def __init__(self, name: str) -> None:
+        algorithm, _, options = name.removeprefix(PREFIX).partition(":")
+        clrs = clrs_lib.load()
+        if algorithm not in clrs.specs.CLRS_30_ALGS:
+            raise ValueError(
+                f"unknown CLRS algorithm {algorithm!r}; known: {', '.join(clrs.specs.CLRS_30_ALGS)}"
+            )
+        self.name = name
+        self.algorithm = algorithm
+        self.sizes = Sizes.parse(options)
+        self._spec: dict[str, tuple[str, str, str]] | None = None
+        self.recipe = Recipe(
+            learning_rate=PUBLISHED["learning_rate"],
+            batch_size=self.sizes.batch,
+            default_steps=DEFAULT_STEPS,
+        )
+        self.description = (
+            f"CLRS-30 {algorithm}: a triplet-message function for Triplet-GMPNN, trained on "
+            f"{self.sizes.train} trajectories of size {self.sizes.length}, scored out of "
+            f"distribution at size {self.sizes.test_length} (CLRS score)."
+        )
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def split_plan(self) -> dict[str, tuple[int, int, int]]:
+        multiplier = clrs_lib.load().specs.CLRS_30_ALGS_SETTINGS[self.algorithm][
+            "num_samples_multiplier"
+        ]
+        s = self.sizes
+        return {
+            "train": (s.train, s.length, SPLITS["train"][2]),
+            "val": (s.val or SPLITS["val"][0] * multiplier, s.length, SPLITS["val"][2]),
+            "test": (s.test or SPLITS["test"][0] * multiplier, s.test_length, SPLITS["test"][2]),
+        }
+
+    def dataset(self) -> Dataset:
+        raise NotImplementedError("CLRS data is trajectories: use arrays()")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every split, outputs included (the trusted side's copy)."""
+        if self._arrays is None:
+            self._arrays = self._load()
+        return self._arrays
+
+    @property
+    def spec(self) -> dict[str, tuple[str, str, str]]:
+        """The algorithm's spec after the published preprocessing (see `_preprocess`)."""
+        self.arrays()
+        assert self._spec is not None
+        return self._spec
+
+    def _load(self) -> dict[str, np.ndarray]:
+        plan = self.split_plan()
+        key = hashlib.sha256(json.dumps([self.algorithm, plan, 1], sort_keys=True).encode())
+        path = cache_dir() / f"clrs-{self.algorithm}-{key.hexdigest()[:12]}.npz"
+        if not path.exists():
+            clrs = clrs_lib.load()
+            arrays: dict[str, np.ndarray] = {}
+            spec: dict[str, Any] = {}
+            for split, (samples, length, seed) in plan.items():
+                sampler, raw_spec = clrs.samplers.build_sampler(
+                    self.algorithm, num_samples=samples, length=length, seed=seed
+                )
+                feedback = sampler.next(batch_size=None)
+                spec, feedback = _preprocess(clrs, self.algorithm, raw_spec, feedback, seed)
+                arrays.update(clrs_lib.flatten(split, feedback))
+            arrays[SPEC_KEY] = np.frombuffer(json.dumps(spec).encode(), dtype=np.uint8)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **arrays)
+            tmp.replace(path)
+        with np.load(path, allow_pickle=False) as d:
+            arrays = {k: d[k] for k in d.files}
+        spec_json = json.loads(bytes(arrays.pop(SPEC_KEY)).decode())
+        self._spec = {k: tuple(v) for k, v in spec_json.items()}
+        return arrays
+
+    def job_fields(self) -> dict[str, Any]:
+        return {
+            **PUBLISHED,
+            "runner": self.runner,
+            "algorithm": self.algorithm,
+            "hidden_dim": self.sizes.hidden,
+            "batch_size": self.sizes.batch,
+            "lr": self.recipe.learning_rate,
+            "spec": self.spec,
+        }
+
+    def sandbox_arrays(self) -> dict[str, np.ndarray]:
+        arrays = self.arrays()
+        held = {k: v for k, v in arrays.items() if not k.startswith(("val.", "test."))}
+        for split in ("val", "test"):
+            inputs = {
+                k: v
+                for k, v in arrays.items()
+                if k.startswith(f"{split}.") and not k.startswith(f"{split}.output.")
+            }
+            held.update(first_hint_step_only(inputs))
+        return held
+
+    def score(self, arrays: dict[str, np.ndarray], checkpoints: int) -> tuple[list[float], float]:
+        val = [self._score_split("val", arrays, f"val{i}.") for i in range(checkpoints)]
+        return val, self._score_split("test", arrays, "test.")
+
+    def _score_split(self, split: str, arrays: dict[str, np.ndarray], prefix: str) -> float:
+        clrs = clrs_lib.load()
+        truth = clrs_lib.unflatten(clrs, split, self.arrays(), self.spec).outputs
+        predictions = {}
+        for dp in truth:
+            pred = arrays.get(f"{prefix}out.{dp.name}")
+            kind = arrays.get(f"{prefix}type.{dp.name}")
+            if pred is None or kind is None:
+                raise ValueError(f"no {split} prediction for output {dp.name!r}")
+            # Hard post-processing keeps every output's type and shape.
+            if bytes(kind).decode(errors="replace") != dp.type_:
+                raise ValueError(f"{split} prediction {dp.name!r} is not of type {dp.type_}")
+            if pred.dtype.kind != "f" or pred.shape != dp.data.shape:
+                raise ValueError(f"{split} prediction {dp.name!r} has the wrong shape")
+            predictions[dp.name] = clrs.probing.DataPoint(dp.name, dp.location, dp.type_, pred)
+        score = float(clrs.evaluation.evaluate(truth, predictions)["score"])
+        if not np.isfinite(score):
+            raise ValueError(f"{split} score is not a number")
+        return score
+
+
+SPEC_KEY = "__spec__"
+# The algorithms whose constant `pred_h` hint becomes an input (dm-clrs's run.py).
+PRED_AS_INPUT = {
+    "binary_search", "minimum", "find_maximum_subarray", "find_maximum_subarray_kadane",
+    "matrix_chain_order", "lcs_length", "optimal_bst", "activity_selector", "task_scheduling",
+    "naive_string_matcher", "kmp_matcher", "jarvis_march",
+}  # fmt: skip
+
+
+def _preprocess(clrs: Any, algorithm: str, spec: Any, feedback: Any, seed: int) -> tuple[Any, Any]:
+    """The published training setup (dm-clrs's run.py defaults): random `pos` inputs,
+    constant `pred_h` hints as inputs, sorting outputs as permutation pointers."""
+    samples: Any = iter([feedback])
+    samples = clrs.samplers.process_random_pos(samples, np.random.RandomState(seed))
+    if algorithm in PRED_AS_INPUT:
+        spec, samples = clrs.samplers.process_pred_as_input(spec, samples)
+    spec, samples = clrs.samplers.process_permutations(spec, samples, True)
+    return {k: [str(x) for x in v] for k, v in spec.items()}, next(samples)

@@ -1,0 +1,1 @@
+"""Seed triplet-message functions for the CLRS tasks: Triplet-GMPNN's own and small variants."""

@@ -1,0 +1,27 @@
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+
+def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):
+  """Edge terms multiply the node terms instead of adding to them."""
+  tri_1 = hk.Linear(nb_triplet_fts)(z)
+  tri_2 = hk.Linear(nb_triplet_fts)(z)
+  tri_3 = hk.Linear(nb_triplet_fts)(z)
+  tri_e_1 = hk.Linear(nb_triplet_fts)(edge_fts)
+  tri_e_2 = hk.Linear(nb_triplet_fts)(edge_fts)
+  tri_e_3 = hk.Linear(nb_triplet_fts)(edge_fts)
+  tri_g = hk.Linear(nb_triplet_fts)(graph_fts)
+
+  nodes = (
+      jnp.expand_dims(tri_1, axis=(2, 3)) +
+      jnp.expand_dims(tri_2, axis=(1, 3)) +
+      jnp.expand_dims(tri_3, axis=(1, 2)) +
+      jnp.expand_dims(tri_g, axis=(1, 2, 3))
+  )
+  edges = (
+      jnp.expand_dims(tri_e_1, axis=3) +
+      jnp.expand_dims(tri_e_2, axis=2) +
+      jnp.expand_dims(tri_e_3, axis=1)
+  )
+  return nodes * jax.nn.sigmoid(edges)
