@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= lineage,controller,trainer,lm,dev
+EXTRAS ?= lineage,controller,trainer,lm,clrs,dev
 PROTOS := $(wildcard proto/evo/v1/*.proto)
 
 .PHONY: install proto proto-check test lint format demo sandbox-tools bench images deploy undeploy clean

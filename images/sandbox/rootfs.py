@@ -38,8 +38,14 @@ CHILD_MODULES = [
     "services/__init__.py",
     "services/trainer/__init__.py",
     "services/trainer/child.py",
+    "services/trainer/clrs_child.py",
+    "services/trainer/clrs_lib.py",
 ]
 ROOT_PACKAGES = ["torch", "numpy"]
+# The CLRS runner, where the clrs extra is installed: dm-clrs, JAX and Haiku, but not
+# TensorFlow or tfds, which the runner never imports (services/trainer/clrs_lib.py).
+CLRS_ROOT = "dm-clrs"
+NOT_NEEDED = {"tensorflow", "tfds-nightly", "tensorflow-datasets"}
 # Never needed at run time: headers, C++ test binaries, the standard library's own tests.
 SKIP_PARTS = {
     "torch/include", "torch/test", "torch/bin", "torch/share",
@@ -123,7 +129,7 @@ def closure(roots: list[str]) -> list[md.Distribution]:
     todo = list(roots)
     while todo:
         name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
-        if name in seen:
+        if name in seen or name in NOT_NEEDED:
             continue
         try:
             dist = md.distribution(name)
@@ -170,9 +176,15 @@ def build(fs: RootFS) -> Path:
     fs.entries.setdefault(str(stdlib / "site-packages"), "dir")
     if (base / "include").is_dir():
         fs.entries.setdefault(str(base / "include"), "dir")
-    # The venv's site-packages: only what torch and numpy need.
+    # The venv's site-packages: only what torch and numpy (and the CLRS runner) need.
     fs.entries.setdefault(str(site), "dir")
-    for dist in closure(ROOT_PACKAGES):
+    roots = list(ROOT_PACKAGES)
+    try:
+        md.distribution(CLRS_ROOT)
+        roots.append(CLRS_ROOT)
+    except md.PackageNotFoundError:
+        pass
+    for dist in closure(roots):
         tops = {Path(str(f)).parts[0] for f in dist.files or []}
         for top in sorted(t for t in tops if t != ".." and (site / t).exists()):
             fs.add(str(site / top), skip=SKIP_PARTS)

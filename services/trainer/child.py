@@ -233,6 +233,9 @@ def encode_result(result: dict[str, Any]) -> bytes:
 
 
 def main() -> None:
+    # Run as `-m services.trainer.child`, this module is __main__: runners that import it
+    # by name (clrs_child) must get this module, so their StageFailure is the one caught.
+    sys.modules.setdefault("services.trainer.child", sys.modules[__name__])
     # Keep a private handle on the result channel; the candidate's prints go to the log.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

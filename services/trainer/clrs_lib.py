@@ -41,6 +41,7 @@ def load() -> types.SimpleNamespace:
             )
         package = types.ModuleType("clrs")
         package.__path__ = list(found.submodule_search_locations)
+        package.__spec__ = found  # so find_spec("clrs") still answers; __init__ never runs
         sys.modules["clrs"] = package
     from clrs._src import baselines, evaluation, probing, processors, samplers, specs
 

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE = "evo-sandbox:local"
 # Set on every container this backend makes, so that leftovers can be found and removed.
 LABEL = "evo.sandbox"
+# The modules the image carries for the child; its label hashes them in this order.
+CHILD_FILES = ("child.py", "clrs_child.py", "clrs_lib.py")
 BUILD_HINT = "build it with images/sandbox/build-local.sh"
 ENGINE_HINT = "start dockerd (images/sandbox/start-docker-engine.sh) or set DOCKER_HOST"
 # The attach stream's frame header: stream id, three zero bytes, big-endian length.
@@ -103,11 +105,13 @@ class DockerBackend(Backend):
         self.python = labels.get("evo.sandbox.python") or "python3"
         # The image carries its own copy of the child; a different one speaks another protocol.
         built = labels.get("evo.sandbox.child_sha256")
-        ours = hashlib.sha256(Path(services.trainer.child.__file__).read_bytes()).hexdigest()
+        here = Path(services.trainer.child.__file__).parent
+        ours = hashlib.sha256(b"".join((here / f).read_bytes() for f in CHILD_FILES)).hexdigest()
         if built and built != ours:
             raise RuntimeError(
-                f"the docker sandbox image {self.image} holds another version of "
-                f"services/trainer/child.py than this trainer: rebuild it ({BUILD_HINT})"
+                f"the docker sandbox image {self.image} holds another version of the "
+                f"sandbox's modules ({', '.join(CHILD_FILES)}) than this trainer: rebuild it "
+                f"({BUILD_HINT})"
             )
 
     def _next_uid(self) -> int:
