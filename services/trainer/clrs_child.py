@@ -10,6 +10,7 @@ only, which is all the model reads at evaluation).
 """
 
 import json
+import os
 import time
 from typing import Any, BinaryIO
 
@@ -50,6 +51,13 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
         where = f"line {e.lineno}" + (f": {e.text.strip()}" if e.text else "")
         raise StageFailure("INVALID", "parse", f"syntax error at {where} ({e.msg})") from None
 
+    # XLA's CPU backend runs its own thread pool whatever OMP_NUM_THREADS says: hold it
+    # to the slot's threads, or one evaluation takes every core.
+    threads = max(1, int(job.get("threads") or 1))
+    os.environ["XLA_FLAGS"] = (
+        f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
+        f"intra_op_parallelism_threads={threads}"
+    )
     import jax
 
     jax.config.update("jax_platforms", "cpu")
