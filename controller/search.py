@@ -45,6 +45,7 @@ from controller.progress import Progress
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+PYTORCH = trainer_pb2.PROGRAM_LANGUAGE_PYTORCH
 SCORED = pb.CANDIDATE_STATE_SCORED
 PENDING = pb.CANDIDATE_STATE_PENDING
 FAILED = pb.CANDIDATE_STATE_FAILED
@@ -135,6 +136,11 @@ class Search:
         slots = self.trainers.discover(self.config.services.attempts)
         in_flight = self.config.services.max_in_flight or slots
         self.task = self._task()
+        if self.config.method == "mutation" and self.task.language != PYTORCH:
+            raise RuntimeError(
+                f"the mutation baseline's hand-written mutations edit PyTorch models; task "
+                f"{self.config.task} takes JAX programs: choose a language-model method"
+            )
         self._choose_seeds()
         if self.config.uses_language_model:
             self.info = self._proposer_info()

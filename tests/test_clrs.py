@@ -243,10 +243,13 @@ def test_a_clrs_search_runs_end_to_end(clrs_stack: Stack, proposer: str) -> None
     assert "Triplet-GMPNN" in prompt.text
 
 
-def test_unknown_seed_names_are_refused(clrs_stack: Stack) -> None:
-    config = search_config.SearchConfig(name="clrs", task=BFS, method="mutation")
-    config.evolution.seeds = ["triplet_gmpnn", "no_such_seed"]
+def test_unknown_seeds_and_the_mutation_baseline_are_refused(clrs_stack: Stack) -> None:
+    config = search_config.SearchConfig(name="clrs", task=BFS)
     config.services.lineage = clrs_stack.lineage
     config.services.trainers = [clrs_stack.trainer]
-    with pytest.raises(RuntimeError, match="no seed named no_such_seed; its seeds are"):
+    with pytest.raises(RuntimeError, match="mutations edit PyTorch models"):
         run(config, "mutation")
+    config.evolution.seeds = ["triplet_gmpnn", "no_such_seed"]
+    config.services.proposer = "127.0.0.1:9"  # never reached: the seeds are checked first
+    with pytest.raises(RuntimeError, match="no seed named no_such_seed; its seeds are"):
+        run(config, "few-shot")

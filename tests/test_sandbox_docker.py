@@ -279,3 +279,24 @@ def test_unreachable_engine_says_how_to_start_it(tmp_path: Path) -> None:
     client = docker.DockerClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41")
     with pytest.raises(RuntimeError, match="DOCKER_HOST"):
         DockerBackend(Limits(), client=client)
+
+
+def test_a_clrs_triplet_function_trains_in_the_container(backend: "DockerBackend") -> None:
+    """The image carries the CLRS runner (JAX, Haiku, dm-clrs, no TensorFlow)."""
+    from services.trainer import tasks
+
+    if not tasks.clrs_available():
+        _unavailable("dm-clrs is not installed: make install EXTRAS=...,clrs")
+    seed = Path(__file__).resolve().parent.parent / "services/trainer/tasks/seeds/clrs"
+    job = Job.from_request(
+        pb.EvaluateRequest(
+            program=pb.Program(code=(seed / "triplet_gmpnn.py").read_text()),
+            task="clrs/bfs:train=48,val=16,test=16,length=8,test_length=12,hidden=16,batch=8",
+            budget=pb.Budget(steps=40),
+        ),
+        Limits(wall_seconds=120, memory_bytes=4 * GIB, max_processes=64),
+    )
+    response = evaluate(job, backend.start(), backend.threads)
+    assert response.status == common.EVAL_STATUS_OK, response
+    assert response.metrics.best_val_accuracy > 0.6
+    assert response.sandbox.backend == "docker"
