@@ -292,11 +292,13 @@ class TunableStandIn(TGIBackend):
             adapter_ids=list(self.adapters),
         )
 
-    def generate(self, prompt: str, n: int, sampling: Sampling, adapter_id: str = ""):  # type: ignore[no-untyped-def]
+    def generate(
+        self, prompt: str, n: int, sampling: Sampling, adapter_id: str = "", cancelled=None
+    ):  # type: ignore[no-untyped-def]
         with self._lock:
             self.calls["generate"] += 1
         self.generate_gate.passing()
-        return super().generate(prompt, n, sampling, adapter_id)
+        return super().generate(prompt, n, sampling, adapter_id, cancelled)
 
     def train_soft_prompt(self, examples: list[str], settings: TuneSettings) -> TuneResult:
         with self._lock:

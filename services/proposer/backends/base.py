@@ -5,6 +5,7 @@ Errors are the exception classes below, so the server maps each to one gRPC stat
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -106,9 +107,17 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(
-        self, prompt: str, n: int, sampling: Sampling, adapter_id: str = ""
+        self,
+        prompt: str,
+        n: int,
+        sampling: Sampling,
+        adapter_id: str = "",
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Completion]:
-        """Sample `n` completions of `prompt`; `adapter_id` empty means the base model."""
+        """Sample `n` completions of `prompt`; `adapter_id` empty means the base model.
+
+        `cancelled` says the caller has gone: a backend that generates itself stops early
+        (the HTTP backends' calls end at their own deadlines)."""
 
     @abstractmethod
     def info(self) -> Info: ...

@@ -9,6 +9,7 @@ reproducible whatever runs around it.
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,12 @@ class HFBackend(Backend):
         )
 
     def generate(
-        self, prompt: str, n: int, sampling: Sampling, adapter_id: str = ""
+        self,
+        prompt: str,
+        n: int,
+        sampling: Sampling,
+        adapter_id: str = "",
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Completion]:
         soft = self.store.embeddings(adapter_id) if adapter_id else None
         input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
@@ -106,6 +112,9 @@ class HFBackend(Backend):
                 pad_token_id=self.pad_id,
                 stop_strings=list(sampling.stop) or None,
                 tokenizer=self.tokenizer,
+                # A caller that gave up (a deadline, Ctrl-C) stops the model at the next
+                # token instead of holding it, and the next caller, for minutes on a CPU.
+                stopping_criteria=_stop_when(cancelled) if cancelled else None,
             )
             latency = time.perf_counter() - started
         # With input_ids the output repeats the prompt; with inputs_embeds it does not.
@@ -157,3 +166,13 @@ class HFBackend(Backend):
                 )
             finally:
                 self.model.eval()
+
+
+def _stop_when(cancelled: Callable[[], bool]) -> Any:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), cancelled(), dtype=torch.bool)
+
+    return StoppingCriteriaList([Cancelled()])

@@ -9,6 +9,7 @@ accepted. Errors may be `{"error": {...}}` (OpenAI, recent vLLM) or flat (older 
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -131,7 +132,12 @@ class OpenAIBackend(Backend):
         )
 
     def generate(
-        self, prompt: str, n: int, sampling: Sampling, adapter_id: str = ""
+        self,
+        prompt: str,
+        n: int,
+        sampling: Sampling,
+        adapter_id: str = "",
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Completion]:
         self.info()  # the model name and the adapters it serves
         if adapter_id and adapter_id not in self.adapters:

@@ -8,6 +8,7 @@ not expose that field, so `AdapterClient` adds it. TGI has no soft prompts.
 """
 
 import time
+from collections.abc import Callable
 
 import aiohttp
 import pydantic
@@ -111,7 +112,12 @@ class TGIBackend(Backend):
         )
 
     def generate(
-        self, prompt: str, n: int, sampling: Sampling, adapter_id: str = ""
+        self,
+        prompt: str,
+        n: int,
+        sampling: Sampling,
+        adapter_id: str = "",
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Completion]:
         if adapter_id and adapter_id not in self.adapters:
             raise UnknownAdapter(
