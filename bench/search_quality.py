@@ -54,6 +54,8 @@ class Outcome:
     curve: list[tuple[int, float]] = field(default_factory=list)
     # (params, test error) of every scored candidate, seeds marked by name.
     points: list[tuple[int, float, str]] = field(default_factory=list)
+    # round -> [children that parse, children]: does prompt-tuning raise the valid-code rate?
+    parsed_by_round: dict[int, list[int]] = field(default_factory=dict)
 
 
 def config_for(method: str, seed: int, args: argparse.Namespace) -> SearchConfig:
@@ -111,7 +113,11 @@ def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: floa
             continue
         out.children += 1
         out.tokens += c.completion_tokens
-        out.parsed += not c.reason.startswith(("the program does not parse", "generation failed"))
+        parses = not c.reason.startswith(("the program does not parse", "generation failed"))
+        out.parsed += parses
+        counts = out.parsed_by_round.setdefault(c.round_index, [0, 0])
+        counts[0] += parses
+        counts[1] += 1
         out.unique += c.state != pb.CANDIDATE_STATE_DUPLICATE
         out.trained += c.evaluation.status == common.EVAL_STATUS_OK
         out.scored += scored
@@ -147,6 +153,21 @@ def table(outcomes: list[Outcome]) -> str:
             f"{sum(o.tokens for o in mine) / children:.0f} | "
             f"{statistics.mean(o.wall_seconds for o in mine) / 60:.1f} min |"
         )
+    rounds = sorted({r for o in outcomes for r in o.parsed_by_round})
+    rows += [
+        "",
+        "Children that parse, by round (all seeds):",
+        "",
+        "| method | " + " | ".join(f"round {r}" for r in rounds) + " |",
+        "| --- |" + " --- |" * len(rounds),
+    ]
+    for method in dict.fromkeys(o.method for o in outcomes):
+        cells = []
+        for r in rounds:
+            got = [o.parsed_by_round.get(r, [0, 0]) for o in outcomes if o.method == method]
+            ok, n = sum(g[0] for g in got), sum(g[1] for g in got)
+            cells.append(f"{ok / n:.0%} of {n}" if n else "-")
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 
@@ -240,6 +261,7 @@ def main() -> None:
                     flush=True,
                 )
                 outcomes.append(outcome)
+                # Written after every search, so a run cut short still leaves its results.
                 (args.out / "results.json").write_text(
                     json.dumps(
                         {
@@ -249,8 +271,8 @@ def main() -> None:
                         indent=1,
                     )
                 )
-    (args.out / "results.md").write_text(table(outcomes))
-    figures(outcomes, args.out)
+                (args.out / "results.md").write_text(table(outcomes))
+                figures(outcomes, args.out)
     print(table(outcomes))
 
 
