@@ -16,6 +16,7 @@ import struct
 import sys
 import time
 import traceback
+from types import CodeType
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -69,6 +70,26 @@ def _failure_from(exc: BaseException, stage: str) -> StageFailure:
     return StageFailure("CRASHED", stage, f"{stage} failed: {text[:500]}")
 
 
+def parse(code: str) -> CodeType:
+    """Stage: parse."""
+    try:
+        return compile(code, "candidate.py", "exec")
+    except SyntaxError as e:
+        where = f"line {e.lineno}" + (f": {e.text.strip()}" if e.text else "")
+        raise StageFailure("INVALID", "parse", f"syntax error at {where} ({e.msg})") from None
+
+
+def done_meta(steps: int, train_seconds: float, meta_params: int | None) -> dict[str, Any]:
+    return {
+        "status": "OK",
+        "stage": "done",
+        "message": "",
+        "steps_completed": steps,
+        "train_seconds": train_seconds,
+        "meta_params": meta_params,
+    }
+
+
 def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict[str, Any]:
     import torch
     import torch.nn as nn
@@ -77,12 +98,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
     torch.set_num_threads(int(job.get("threads") or 1))
     torch.manual_seed(int(job["seed"]))
 
-    # Stage: parse.
-    try:
-        compiled = compile(job["code"], "candidate.py", "exec")
-    except SyntaxError as e:
-        where = f"line {e.lineno}" + (f": {e.text.strip()}" if e.text else "")
-        raise StageFailure("INVALID", "parse", f"syntax error at {where} ({e.msg})") from None
+    compiled = parse(job["code"])
 
     # Stage: load (module-level code runs here).
     namespace: dict[str, Any] = {"__name__": "candidate"}
@@ -208,14 +224,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
 
     weights = {f"w{i}": p.detach().float().numpy() for i, p in enumerate(model.parameters())}
     return {
-        "meta": {
-            "status": "OK",
-            "stage": "done",
-            "message": "",
-            "steps_completed": steps,
-            "train_seconds": train_seconds,
-            "meta_params": meta_count,
-        },
+        "meta": done_meta(steps, train_seconds, meta_count),
         "val_steps": np.asarray(val_steps, dtype=np.int64),
         "val_preds": np.stack(val_preds),
         "train_loss": np.asarray(losses, dtype=np.float64),

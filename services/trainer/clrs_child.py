@@ -17,7 +17,14 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from services.trainer import clrs_lib
-from services.trainer.child import PROGRESS, StageFailure, _failure_from, write_frame
+from services.trainer.child import (
+    PROGRESS,
+    StageFailure,
+    _failure_from,
+    done_meta,
+    parse,
+    write_frame,
+)
 
 # Ibarz et al. 2022 ("A Generalist Neural Algorithmic Learner"), single-task settings.
 PUBLISHED = {
@@ -45,11 +52,7 @@ def _outputs(outs: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict[str, Any]:
-    try:
-        compiled = compile(job["code"], "candidate.py", "exec")
-    except SyntaxError as e:
-        where = f"line {e.lineno}" + (f": {e.text.strip()}" if e.text else "")
-        raise StageFailure("INVALID", "parse", f"syntax error at {where} ({e.msg})") from None
+    compiled = parse(job["code"])
 
     # XLA's CPU backend runs its own thread pool whatever OMP_NUM_THREADS says: hold it
     # to the slot's threads, or one evaluation takes every core.
@@ -175,14 +178,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
     leaves = jax.tree_util.tree_leaves(model.params)
     weights = {f"w{i}": np.asarray(p, dtype=np.float32) for i, p in enumerate(leaves)}
     return {
-        "meta": {
-            "status": "OK",
-            "stage": "done",
-            "message": "",
-            "steps_completed": steps,
-            "train_seconds": train_seconds,
-            "meta_params": num_params,
-        },
+        "meta": done_meta(steps, train_seconds, num_params),
         "val_steps": np.asarray(val_steps, dtype=np.int64),
         "train_loss": np.asarray(losses, dtype=np.float64),
         **checkpoints,
