@@ -232,6 +232,12 @@ def search_stop(search_id: int) -> None:
 @click.option("--lm-model", default=None, help="The proposer's model [default: SmolLM2-135M].")
 @click.option("--lm-url", default=None, help="tgi/openai: the model server, e.g. http://tgi:80.")
 @click.option("--without-lm", is_flag=True, help="No proposal service (for `mutation` searches).")
+@click.option(
+    "--time-limit",
+    default=0.0,
+    help="The trainer's longest evaluation in seconds [default: its own, 900]; CLRS children "
+    "at full size need about 1,500 on 2 CPU cores.",
+)
 def up(
     trainer_backend: str,
     slots: int,
@@ -239,10 +245,20 @@ def up(
     lm_model: str | None,
     lm_url: str | None,
     without_lm: bool,
+    time_limit: float,
 ) -> None:
     """Start the lineage store, trainer and proposal service as local processes."""
     try:
-        stack.up(trainer_backend, slots, lm_backend, lm_model, not without_lm, click.echo, lm_url)
+        stack.up(
+            trainer_backend,
+            slots,
+            lm_backend,
+            lm_model,
+            not without_lm,
+            click.echo,
+            lm_url,
+            time_limit,
+        )
     except stack.StackError as e:
         _fail(str(e))
     click.echo("the stack is up; `evo down` stops it")

@@ -91,6 +91,7 @@ def commands(
     lm_model: str | None,
     with_lm: bool,
     lm_url: str | None = None,
+    time_limit: float = 0,
 ) -> dict[str, list[str]]:
     evo = [sys.executable, "-m", "controller.cli", "serve"]
     ports = {name: port(name) for name in addresses.DEFAULT_PORTS}
@@ -105,7 +106,8 @@ def commands(
             trainer_backend,
             "--slots",
             str(slots),
-        ],
+        ]
+        + (["--time-limit", str(time_limit)] if time_limit else []),
     }
     if with_lm:
         found["proposer"] = [*evo, "lm", "--port", str(ports["proposer"]), "--backend", lm_backend]
@@ -124,6 +126,7 @@ def up(
     with_lm: bool = True,
     say: Say = print,
     lm_url: str | None = None,
+    time_limit: float = 0,
 ) -> list[Process]:
     """Start the services not already running and wait until each answers its health check."""
     alive = {p.name: p for p in running()}
@@ -131,7 +134,7 @@ def up(
     folder.mkdir(parents=True, exist_ok=True)
     started: list[Process] = []
     for name, argv in commands(
-        trainer_backend, slots, lm_backend, lm_model, with_lm, lm_url
+        trainer_backend, slots, lm_backend, lm_model, with_lm, lm_url, time_limit
     ).items():
         if name in alive:
             say(f"{name}: already running (pid {alive[name].pid}, {alive[name].address})")
