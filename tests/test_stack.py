@@ -59,3 +59,11 @@ def test_a_service_that_cannot_start_is_reported_with_its_log(
     assert "lineage exited while starting" in result.output
     assert "cannot open the database" in result.output
     assert stack.running() == []
+
+
+def test_the_trainer_gets_the_time_limit_it_is_given() -> None:
+    plain = stack.commands("bwrap", 2, "hf", None, False)["trainer"]
+    assert "--time-limit" not in plain  # the trainer's own default cap
+    capped = stack.commands("bwrap", 2, "hf", None, False, time_limit=3600)["trainer"]
+    assert capped[capped.index("--time-limit") + 1] == "3600"
+    assert capped[capped.index("--slots") + 1] == "2"
