@@ -13,6 +13,12 @@ reads the lineage store and writes, to --out:
 
     .venv/bin/python -m bench.search_quality --out bench/quality [--seeds 0 1 2]
         [--methods evoprompting few-shot ...] [--rounds 3 --prompts 3 --samples 6 --steps 2000]
+    .venv/bin/python -m bench.search_quality --out bench/quality --remeasure   # tables again
+
+With a served model: `evo up --lm-backend tgi --lm-url http://tgi-host:80` (or
+`--lm-backend openai --lm-url http://vllm:8000 --lm-model NAME`), then the same command;
+TGI and OpenAI-compatible servers cannot be prompt-tuned, so `evoprompting` then runs as
+`evoprompting-no-tuning` (the search says so). docs/results.md has the measured results.
 """
 
 import argparse
@@ -56,6 +62,8 @@ class Outcome:
     points: list[tuple[int, float, str]] = field(default_factory=list)
     # round -> [children that parse, children]: does prompt-tuning raise the valid-code rate?
     parsed_by_round: dict[int, list[int]] = field(default_factory=dict)
+    # What became of the children: "scored", "duplicate", "does not parse", "INVALID", ...
+    fates: dict[str, int] = field(default_factory=dict)
 
 
 def config_for(method: str, seed: int, args: argparse.Namespace) -> SearchConfig:
@@ -118,6 +126,8 @@ def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: floa
         counts = out.parsed_by_round.setdefault(c.round_index, [0, 0])
         counts[0] += parses
         counts[1] += 1
+        fate = fate_of(c, parses)
+        out.fates[fate] = out.fates.get(fate, 0) + 1
         out.unique += c.state != pb.CANDIDATE_STATE_DUPLICATE
         out.trained += c.evaluation.status == common.EVAL_STATUS_OK
         out.scored += scored
@@ -126,6 +136,19 @@ def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: floa
             out.curve.append((evaluated, best))
     out.best_fitness = best
     return out
+
+
+def fate_of(c: pb.Candidate, parses: bool) -> str:
+    if c.state == pb.CANDIDATE_STATE_SCORED:
+        return "scored"
+    if c.state == pb.CANDIDATE_STATE_DUPLICATE:
+        return "duplicate"
+    if c.state == pb.CANDIDATE_STATE_FILTERED:
+        return "filtered (error >= alpha)"
+    if not parses:
+        return "does not parse"
+    status = c.evaluation.status
+    return common.EvalStatus.Name(status).removeprefix("EVAL_STATUS_") if status else "failed"
 
 
 def _mean(values: list[float | None]) -> str:
@@ -167,6 +190,19 @@ def table(outcomes: list[Outcome]) -> str:
             got = [o.parsed_by_round.get(r, [0, 0]) for o in outcomes if o.method == method]
             ok, n = sum(g[0] for g in got), sum(g[1] for g in got)
             cells.append(f"{ok / n:.0%} of {n}" if n else "-")
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    fates = sorted({f for o in outcomes for f in o.fates}, key=lambda f: (f != "scored", f))
+    rows += [
+        "",
+        "What became of the children (all seeds):",
+        "",
+        "| method | " + " | ".join(fates) + " |",
+        "| --- |" + " --- |" * len(fates),
+    ]
+    for method in dict.fromkeys(o.method for o in outcomes):
+        mine = [o for o in outcomes if o.method == method]
+        n = sum(o.children for o in mine) or 1
+        cells = [f"{sum(o.fates.get(f, 0) for o in mine) / n:.0%}" for f in fates]
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -244,9 +280,27 @@ def main() -> None:
     parser.add_argument("--wall-seconds", type=float, default=120)
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--tuning-epochs", type=int, default=2)
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="run nothing: re-read the searches of --out/results.json from the lineage store "
+        "and rewrite the tables and figures",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lineage = Lineage(addresses.resolve("lineage", None))
+    if args.remeasure:
+        saved = json.loads((args.out / "results.json").read_text())
+        outcomes = [
+            measure(lineage, o["method"], o["seed"], o["search_id"], o["wall_seconds"])
+            for o in saved["outcomes"]
+        ]
+        saved["outcomes"] = [asdict(o) for o in outcomes]
+        (args.out / "results.json").write_text(json.dumps(saved, indent=1))
+        (args.out / "results.md").write_text(table(outcomes))
+        figures(outcomes, args.out)
+        print(table(outcomes))
+        return
     outcomes = []
     with open(args.out / "searches.log", "a") as log:
         for seed in args.seeds:
