@@ -63,8 +63,9 @@ class TrainingConfig:
 class ProposerConfig:
     max_new_tokens: int = 512
     top_p: float = 0.95
-    # A new top-level statement ends the program (the prompt opens one class).
-    stop: list[str] = field(default_factory=lambda: ['\n"""Metrics', "\nclass ", "\n```"])
+    # A new top-level definition ends the program (the prompt opens one class or
+    # function): a small model otherwise rambles on with helpers nothing calls.
+    stop: list[str] = field(default_factory=lambda: ['\n"""Metrics', "\nclass ", "\ndef ", "\n```"])
 
 
 @dataclass

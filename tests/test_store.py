@@ -94,6 +94,17 @@ def test_same_program_from_another_sample_is_kept_as_a_duplicate(storage: RDBSto
         child(sid, "import torch\nimport torch.nn as nn\n" + program(1), [parent], sample=2)
     )
     assert again.state == pb.CANDIDATE_STATE_DUPLICATE and again.duplicate_of_id == first.id
+    # So is the class followed by helpers it never calls (a small model's rambling)...
+    rambling = program(1) + "\n\ndef helper(x):\n    return x.norm()\n\n\nclass Extra:\n    pass\n"
+    ramble, _ = storage.record_candidate(child(sid, rambling, [parent], sample=3))
+    assert ramble.state == pb.CANDIDATE_STATE_DUPLICATE and ramble.duplicate_of_id == first.id
+    # ...but not one whose class uses its helper: that is another program.
+    used = program(1).replace("self.width = 1", "self.width = helper(1)")
+    assert used != program(1)
+    uses, _ = storage.record_candidate(
+        child(sid, used + "\n\ndef helper(x):\n    return x\n", [parent], sample=4)
+    )
+    assert uses.state != pb.CANDIDATE_STATE_DUPLICATE
 
 
 def test_candidate_fields_round_trip(storage: RDBStorage) -> None:
