@@ -77,6 +77,19 @@ def test_task_names_options_and_errors() -> None:
         assert task.program_opening in code
 
 
+def test_loading_clrs_leaves_no_stand_in_tensorflow_behind() -> None:
+    """Libraries in the same process (transformers) probe for TensorFlow: a stand-in left in
+    sys.modules made find_spec raise and broke the proposer's tests after these."""
+    import importlib.util
+    import sys
+
+    clrs_lib.load()
+    clrs_lib.load()
+    assert "tensorflow" not in sys.modules
+    importlib.util.find_spec("tensorflow")  # answers (installed or not) instead of raising
+    assert clrs_lib.load().probing.tf.__doc__.startswith("evo's stand-in")
+
+
 def test_the_sandbox_never_sees_held_out_outputs() -> None:
     task = tasks.get(BFS)
     full, seen = task.arrays(), task.sandbox_arrays()  # type: ignore[attr-defined]

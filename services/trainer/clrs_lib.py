@@ -23,6 +23,7 @@ KINDS = ("input", "hint", "output")
 
 def load() -> types.SimpleNamespace:
     """clrs's modules: specs, samplers, probing, processors, baselines, evaluation."""
+    stand_in = None
     if "tensorflow" not in sys.modules:
         stand_in = types.ModuleType("tensorflow")
         stand_in.__doc__ = "evo's stand-in: clrs only asks isinstance(x, tf.Tensor)"
@@ -32,6 +33,16 @@ def load() -> types.SimpleNamespace:
 
         stand_in.Tensor = Tensor  # type: ignore[attr-defined]
         sys.modules["tensorflow"] = stand_in
+    try:
+        return _import_clrs()
+    finally:
+        # `probing` holds its own reference; left in sys.modules, the stand-in would make
+        # other libraries (transformers) believe TensorFlow is installed, and break them.
+        if stand_in is not None and sys.modules.get("tensorflow") is stand_in:
+            del sys.modules["tensorflow"]
+
+
+def _import_clrs() -> types.SimpleNamespace:
     if "clrs" not in sys.modules:
         found = importlib.util.find_spec("clrs")
         if found is None or not found.submodule_search_locations:
