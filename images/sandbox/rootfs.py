@@ -40,6 +40,7 @@ CHILD_MODULES = [
     "services/trainer/child.py",
     "services/trainer/clrs_child.py",
     "services/trainer/clrs_lib.py",
+    "services/trainer/protocol.py",
 ]
 ROOT_PACKAGES = ["torch", "numpy"]
 # The CLRS runner, where the clrs extra is installed: dm-clrs, JAX and Haiku, but not

@@ -1,29 +1,24 @@
-"""The process inside the sandbox: trains one untrusted candidate and returns predictions.
+"""The process inside the sandbox: one phase of one untrusted candidate's evaluation.
 
-Started ahead of time (torch already imported), it waits for one job on stdin, runs
-the cascade parse -> count parameters on the meta device -> shape check -> train ->
-predict, and writes frames to a private copy of stdout. Everything here shares a
-process with the candidate, so nothing here is trusted: it returns predictions and
-weights, never scores, and the trainer scores them against labels that never enter
-the sandbox.
+Started ahead of time (torch already imported), it waits for one job on stdin
+(services.trainer.protocol), then either trains the candidate and writes its state at
+each scheduled checkpoint (the train phase), or rebuilds the candidate from its code,
+loads each checkpoint strictly and writes its predictions (the score phase). Everything
+here shares a process with the candidate, so nothing here is trusted: the trainer counts
+parameters from the checkpoints, takes steps and the schedule from its own job, times the
+run, and scores predictions against labels that never enter a sandbox.
 """
 
-import io
-import json
 import os
 import resource
-import struct
 import sys
-import time
 import traceback
-from types import CodeType
 from typing import Any, BinaryIO
 
 import numpy as np
 
-# Frame types on the result channel.
-PROGRESS = b"P"
-RESULT = b"R"
+from services.trainer import protocol
+from services.trainer.protocol import ChildJob, Outcome, StageFailure, failure_from
 
 _LIMITS = {
     "memory_bytes": resource.RLIMIT_AS,
@@ -34,28 +29,10 @@ _LIMITS = {
 }
 
 
-class StageFailure(Exception):
-    def __init__(self, status: str, stage: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.stage, self.message = status, stage, message
-
-
-def write_frame(out: BinaryIO, kind: bytes, payload: bytes) -> None:
-    out.write(kind + struct.pack("<Q", len(payload)) + payload)
-    out.flush()
-
-
-def read_job(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    (size,) = struct.unpack("<Q", stream.read(8))
-    arrays = dict(np.load(io.BytesIO(stream.read(size)), allow_pickle=False))
-    job = json.loads(bytes(arrays.pop("job")).decode())
-    return job, arrays
-
-
-def apply_limits(job: dict[str, Any]) -> None:
+def apply_limits(limits: protocol.Rlimits) -> None:
     """Lower soft and hard limits before any candidate code runs; it cannot raise them back."""
     for key, which in _LIMITS.items():
-        value = int(job.get(key) or 0)
+        value = int(getattr(limits, key) or 0)
         if value > 0:
             _, hard = resource.getrlimit(which)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
@@ -63,49 +40,14 @@ def apply_limits(job: dict[str, Any]) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _failure_from(exc: BaseException, stage: str) -> StageFailure:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text:
-        return StageFailure("OOM", stage, f"ran out of memory during {stage}: {text[:300]}")
-    return StageFailure("CRASHED", stage, f"{stage} failed: {text[:500]}")
-
-
-def parse(code: str) -> CodeType:
-    """Stage: parse."""
-    try:
-        return compile(code, "candidate.py", "exec")
-    except SyntaxError as e:
-        where = f"line {e.lineno}" + (f": {e.text.strip()}" if e.text else "")
-        raise StageFailure("INVALID", "parse", f"syntax error at {where} ({e.msg})") from None
-
-
-def done_meta(steps: int, train_seconds: float, meta_params: int | None) -> dict[str, Any]:
-    return {
-        "status": "OK",
-        "stage": "done",
-        "message": "",
-        "steps_completed": steps,
-        "train_seconds": train_seconds,
-        "meta_params": meta_params,
-    }
-
-
-def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict[str, Any]:
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    torch.set_num_threads(int(job.get("threads") or 1))
-    torch.manual_seed(int(job["seed"]))
-
-    compiled = parse(job["code"])
-
-    # Stage: load (module-level code runs here).
+def load_factory(job: ChildJob) -> Any:
+    """Stages parse and load: run the program's module-level code, find its model."""
+    compiled = protocol.compile_candidate(job.code)
     namespace: dict[str, Any] = {"__name__": "candidate"}
     try:
         exec(compiled, namespace)
     except BaseException as e:
-        raise _failure_from(e, "load") from None
+        raise failure_from(e, "load") from None
     factory = namespace.get("build_model") or namespace.get("Model")
     if not callable(factory):
         raise StageFailure(
@@ -113,160 +55,211 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
             "load",
             "the program defines neither class Model(nn.Module) nor build_model()",
         )
+    return factory
 
-    # Stage: count parameters on the meta device, before any weight is allocated.
-    max_params = int(job.get("max_params") or 0)
+
+def state_tensors(model: Any) -> dict[str, Any]:
+    """Everything the model holds that training can change: parameters, buffers (persistent
+    or not) and tensors kept as plain attributes. This is what a checkpoint carries and what
+    the parameter count counts."""
+    import torch
+
+    state: dict[str, Any] = dict(model.named_parameters())
+    state.update(model.named_buffers())
+    for path, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+                state.setdefault(f"{path}.{attr}" if path else attr, value)
+    return state
+
+
+def state_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The state as the protocol carries it: floating tensors as float32, others as int64."""
+    out = {}
+    for name, tensor in state.items():
+        t = tensor.detach()
+        if t.is_complex():
+            raise StageFailure("INVALID", "checkpoint", f"tensor {name!r} is complex")
+        t = t.float() if t.is_floating_point() else t.long()
+        out[name] = t.cpu().contiguous().numpy()
+    return out
+
+
+def build(job: ChildJob, factory: Any, probe_x: Any) -> Any:
+    """Stages count_params, build and shape_check: a model whose output has the right shape,
+    lazy modules materialised by the probe forward pass."""
+    import torch
+    import torch.nn as nn
+    from torch.nn.parameter import is_lazy
+
+    # Count on the meta device first, so that a giant model is refused before any weight
+    # is allocated (lazy parameters have no size yet and are counted after the probe).
     try:
         with torch.device("meta"):
             meta_model = factory()
-        meta_count = sum(p.numel() for p in meta_model.parameters())
+        meta_count = sum(p.numel() for p in meta_model.parameters() if not is_lazy(p))
         del meta_model
     except Exception:
-        meta_count = None
-    if max_params and meta_count is not None and meta_count > max_params:
+        meta_count = 0
+    if job.max_params and meta_count > job.max_params:
         raise StageFailure(
             "REJECTED",
             "count_params",
-            f"{meta_count:,} parameters, over the cap of {max_params:,}",
+            f"{meta_count:,} parameters, over the cap of {job.max_params:,}",
         )
+    torch.manual_seed(job.seed)
     try:
         model = factory()
     except BaseException as e:
-        raise _failure_from(e, "build") from None
+        raise failure_from(e, "build") from None
     if not isinstance(model, nn.Module):
         raise StageFailure(
             "INVALID",
             "build",
             f"build_model() returned {type(model).__name__}, not a torch.nn.Module",
         )
-    num_params = sum(p.numel() for p in model.parameters())
-    if max_params and num_params > max_params:
-        raise StageFailure(
-            "REJECTED", "count_params", f"{num_params:,} parameters, over the cap of {max_params:,}"
-        )
-    if num_params == 0:
-        raise StageFailure("INVALID", "count_params", "the model has no trainable parameters")
 
-    train_x = torch.from_numpy(data["train_x"])
-    train_y = torch.from_numpy(data["train_y"])
-    val_x = torch.from_numpy(data["val_x"])
-    test_x = torch.from_numpy(data["test_x"])
-    num_classes = int(job["num_classes"])
-
-    # Stage: one dummy forward pass checking shapes.
+    # Stage: one dummy forward pass checking shapes (and materialising lazy modules).
     try:
         model.eval()
         with torch.no_grad():
-            probe = model(train_x[:2])
+            probe = model(probe_x[:2])
     except BaseException as e:
-        failure = _failure_from(e, "shape_check")
+        failure = failure_from(e, "shape_check")
         if failure.status == "CRASHED":
             failure.status = "INVALID"
             failure.message = (
-                f"forward pass on a batch of shape {tuple(train_x[:2].shape)} "
+                f"forward pass on a batch of shape {tuple(probe_x[:2].shape)} "
                 f"failed: {type(e).__name__}: {e}"[:500]
             )
         raise failure from None
-    if not isinstance(probe, torch.Tensor) or tuple(probe.shape) != (2, num_classes):
+    if not isinstance(probe, torch.Tensor) or tuple(probe.shape) != (2, job.num_classes):
         got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
         raise StageFailure(
             "INVALID",
             "shape_check",
-            f"output for an input of shape {tuple(train_x[:2].shape)} is {got}, "
-            f"expected (2, {num_classes})",
+            f"output for an input of shape {tuple(probe_x[:2].shape)} is {got}, "
+            f"expected (2, {job.num_classes})",
         )
+    count = sum(t.numel() for t in state_tensors(model).values())
+    if job.max_params and count > job.max_params:
+        raise StageFailure(
+            "REJECTED", "count_params", f"{count:,} parameters, over the cap of {job.max_params:,}"
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise StageFailure("INVALID", "count_params", "the model has no trainable parameters")
+    return model
 
-    # Stage: train on the training split only.
-    steps, batch = int(job["steps"]), int(job["batch_size"])
-    eval_every = max(1, int(job["eval_every"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(job["lr"]))
-    generator = torch.Generator().manual_seed(int(job["seed"]))
 
-    def predict(x: Any) -> np.ndarray:
-        model.eval()
-        with torch.no_grad():
-            logits = torch.cat([model(chunk) for chunk in torch.split(x, 512)])
-        model.train()
-        return logits.argmax(dim=1).to(torch.int16).numpy()
+def train(job: ChildJob, data: dict[str, np.ndarray], out: BinaryIO) -> int:
+    """The train phase: train on the training split, write the state at each checkpoint."""
+    import torch
+    import torch.nn.functional as F
 
-    val_steps: list[int] = []
-    val_preds: list[np.ndarray] = []
-    losses: list[float] = []
-    started = time.perf_counter()
+    factory = load_factory(job)
+    train_x = torch.from_numpy(data["train_x"])
+    train_y = torch.from_numpy(data["train_y"])
+    model = build(job, factory, train_x)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=job.lr)
+    generator = torch.Generator().manual_seed(job.seed)
+    schedule = set(job.checkpoint_steps)
     model.train()
-    step = 0
     try:
-        for step in range(1, steps + 1):
-            idx = torch.randint(0, train_x.shape[0], (batch,), generator=generator)
+        for step in range(1, job.steps + 1):
+            idx = torch.randint(0, train_x.shape[0], (job.batch_size,), generator=generator)
             loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
             if not torch.isfinite(loss):
                 raise StageFailure("DIVERGED", "train", f"loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step % eval_every == 0 or step == steps:
-                losses.append(float(loss.item()))
-                val_steps.append(step)
-                val_preds.append(predict(val_x))
-                progress = {
-                    "stage": "train",
-                    "step": step,
-                    "total_steps": steps,
-                    "train_loss": losses[-1],
-                }
-                write_frame(out, PROGRESS, json.dumps(progress).encode())
-        test_preds = predict(test_x)
+            if step in schedule:
+                value = float(loss.item())
+                parts = protocol.checkpoint_parts(value, state_arrays(state_tensors(model)))
+                protocol.write_frame(out, protocol.CHECKPOINT, *parts)
+                protocol.write_frame(out, protocol.PROGRESS, protocol.progress_payload(step, value))
     except StageFailure:
         raise
     except BaseException as e:
-        raise _failure_from(e, "train") from None
-    train_seconds = time.perf_counter() - started
-
-    weights = {f"w{i}": p.detach().float().numpy() for i, p in enumerate(model.parameters())}
-    return {
-        "meta": done_meta(steps, train_seconds, meta_count),
-        "val_steps": np.asarray(val_steps, dtype=np.int64),
-        "val_preds": np.stack(val_preds),
-        "train_loss": np.asarray(losses, dtype=np.float64),
-        "test_preds": test_preds,
-        **weights,
-    }
+        raise failure_from(e, "train") from None
+    return 0
 
 
-def encode_result(result: dict[str, Any]) -> bytes:
-    arrays = {k: v for k, v in result.items() if k != "meta"}
-    arrays["meta"] = np.frombuffer(json.dumps(result["meta"]).encode(), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+def score(job: ChildJob, data: dict[str, np.ndarray], checkpoints: BinaryIO, out: BinaryIO) -> int:
+    """The score phase: rebuild the model from the code, load each checkpoint strictly and
+    write its predictions on the validation inputs (and the test inputs for the last)."""
+    import torch
+
+    factory = load_factory(job)
+    val_x, test_x = torch.from_numpy(data["val_x"]), torch.from_numpy(data["test_x"])
+    model = build(job, factory, val_x)
+    state = state_tensors(model)
+    expected = {name: tuple(t.shape) for name, t in state.items()}
+
+    def predict(x: Any) -> np.ndarray:
+        with torch.no_grad():
+            logits = torch.cat([model(chunk) for chunk in torch.split(x, 512)])
+        return logits.argmax(dim=1).to(torch.int16).numpy()
+
+    model.eval()
+    last = len(job.checkpoint_steps) - 1
+    for i in range(last + 1):
+        kind, payload = protocol.read_frame(checkpoints)
+        if kind != protocol.CHECKPOINT:
+            raise StageFailure("CRASHED", "score", f"checkpoint {i} is missing")
+        _, tensors = protocol.read_checkpoint(payload)
+        got = {name: tuple(a.shape) for name, a in tensors.items()}
+        if got != expected:
+            extra = sorted(set(got) - set(expected))[:3]
+            missing = sorted(set(expected) - set(got))[:3]
+            shapes = [n for n in set(got) & set(expected) if got[n] != expected[n]][:3]
+            raise StageFailure(
+                "CRASHED",
+                "score",
+                f"checkpoint {i} does not fit the model rebuilt from the code "
+                f"(unexpected {extra}, missing {missing}, other shapes {shapes})",
+            )
+        try:
+            with torch.no_grad():
+                for name, tensor in state.items():
+                    tensor.copy_(torch.from_numpy(tensors[name].copy()))
+            predictions = {"val.labels": predict(val_x)}
+            if i == last:
+                predictions["test.labels"] = predict(test_x)
+        except BaseException as e:
+            raise failure_from(e, "score") from None
+        protocol.write_frame(out, protocol.PREDICTIONS, *protocol.bundle_parts(predictions))
+    return sum(int(np.prod(s)) for s in expected.values())
 
 
 def main() -> None:
-    # Run as `-m services.trainer.child`, this module is __main__: runners that import it
-    # by name (clrs_child) must get this module, so their StageFailure is the one caught.
-    sys.modules.setdefault("services.trainer.child", sys.modules[__name__])
     # Keep a private handle on the result channel; the candidate's prints go to the log.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     import torch  # noqa: F401 - imported before the job arrives, so a warm sandbox starts fast
 
-    job, data = read_job(sys.stdin.buffer)
-    apply_limits(job)
+    stdin = sys.stdin.buffer
+    job, data = protocol.read_job(stdin)
+    apply_limits(job.rlimits)
     try:
-        if job.get("runner") == "clrs":
-            from services.trainer import clrs_child
-
-            result = clrs_child.run(job, data, out)
+        if job.runner == "clrs":
+            from services.trainer import clrs_child as runner
         else:
-            result = run(job, data, out)
+            runner = sys.modules[__name__]  # type: ignore[assignment]
+        if job.phase == protocol.TRAIN:
+            count = runner.train(job, data, out)
+        else:
+            count = runner.score(job, data, stdin, out)
+        outcome = Outcome("OK", "done", "", count)
     except StageFailure as f:
-        result = {"meta": {"status": f.status, "stage": f.stage, "message": f.message}}
+        outcome = Outcome(f.status, f.stage, f.message)
     except BaseException as e:
         traceback.print_exc()
-        failure = _failure_from(e, "run")
-        result = {"meta": {"status": failure.status, "stage": "run", "message": failure.message}}
-    write_frame(out, RESULT, encode_result(result))
+        failure = failure_from(e, "run")
+        outcome = Outcome(failure.status, "run", failure.message)
+    protocol.write_frame(out, protocol.END, outcome.to_json())
     out.close()
     # Skip interpreter teardown: candidate objects may hang or crash in finalisers.
     os._exit(0)

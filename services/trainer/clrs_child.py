@@ -4,27 +4,20 @@ The candidate defines `get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts)`
 paper's search space). It replaces dm-clrs's own function in the processor module, so
 the rest of the Triplet-GMPNN processor (a gated MPNN with layer norm, max-aggregated
 triplet messages) and the encoders and decoders are exactly the published ones. Trained
-with the published single-task settings; returns predictions and weights, never scores:
-validation and test outputs never enter the sandbox (their hints are the first step
-only, which is all the model reads at evaluation).
+with the published single-task settings in the train phase, which sees the training split
+only and returns the parameters at each checkpoint; the score phase rebuilds the model,
+loads them and returns outputs on the validation and test inputs, never scores: validation
+and test outputs never enter a sandbox (their hints are the first step only, which is all
+the model reads at evaluation). See services/trainer/protocol.py.
 """
 
-import json
 import os
-import time
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from services.trainer import clrs_lib
-from services.trainer.child import (
-    PROGRESS,
-    StageFailure,
-    _failure_from,
-    done_meta,
-    parse,
-    write_frame,
-)
+from services.trainer import clrs_lib, protocol
+from services.trainer.protocol import ChildJob, StageFailure, failure_from
 
 # Ibarz et al. 2022 ("A Generalist Neural Algorithmic Learner"), single-task settings.
 PUBLISHED = {
@@ -43,33 +36,32 @@ PUBLISHED = {
 }
 
 
-def _outputs(outs: dict[str, Any]) -> dict[str, np.ndarray]:
-    arrays = {}
-    for name, dp in outs.items():
-        arrays[f"out.{name}"] = np.asarray(dp.data, dtype=np.float32)
-        arrays[f"type.{name}"] = np.frombuffer(str(dp.type_).encode(), dtype=np.uint8)
-    return arrays
+def _outputs(split: str, outs: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {f"{split}.out.{n}": np.asarray(dp.data, dtype=np.float32) for n, dp in outs.items()}
 
 
-def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict[str, Any]:
-    compiled = parse(job["code"])
+def _flat(params: Any) -> dict[str, np.ndarray]:
+    """Haiku's {module: {name: array}} as the protocol's named float32 tensors."""
+    return {
+        f"{module}/{name}": np.asarray(value, dtype=np.float32)
+        for module, values in params.items()
+        for name, value in values.items()
+    }
 
-    # XLA's CPU backend runs its own thread pool whatever OMP_NUM_THREADS says: hold it
-    # to the slot's threads, or one evaluation takes every core.
-    threads = max(1, int(job.get("threads") or 1))
-    os.environ["XLA_FLAGS"] = (
-        f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
-        f"intra_op_parallelism_threads={threads}"
-    )
-    import jax
 
-    jax.config.update("jax_platforms", "cpu")
+def _model(job: ChildJob, dummy: Any) -> tuple[Any, Any]:
+    """Stages parse and load, then the published model with the candidate's triplet
+    function in its processor; returns (clrs, model)."""
+    compiled = protocol.compile_candidate(job.code)
+    recipe = job.clrs
+    if recipe is None:
+        raise StageFailure("CRASHED", "run", "a CLRS job without its recipe")
     clrs = clrs_lib.load()
     namespace: dict[str, Any] = {"__name__": "candidate"}
     try:
         exec(compiled, namespace)
     except BaseException as e:
-        raise _failure_from(e, "load") from None
+        raise failure_from(e, "load") from None
     triplet_fn = namespace.get("get_triplet_msgs")
     if not callable(triplet_fn):
         raise StageFailure(
@@ -79,43 +71,60 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
         )
     # The processor calls the module-level function: the candidate takes its place.
     clrs.processors.get_triplet_msgs = triplet_fn
-
-    # The trainer's preprocessed spec (permutations, pred-as-input), not the raw one.
-    spec = {k: tuple(v) for k, v in job["spec"].items()}
-    train = clrs_lib.unflatten(clrs, "train", data, spec)
-    val = clrs_lib.unflatten(clrs, "val", data, spec)
-    test = clrs_lib.unflatten(clrs, "test", data, spec)
-    n_train = len(train.features.lengths)
-    batch_size = min(int(job["batch_size"]), n_train)
-    rng = np.random.default_rng(int(job["seed"]))
-
-    def sample() -> Any:
-        return clrs_lib.batch(train, rng.integers(0, n_train, batch_size))
-
     factory = clrs.processors.get_processor_factory(
-        job["processor"], use_ln=bool(job["use_ln"]), nb_triplet_fts=int(job["nb_triplet_fts"])
+        recipe.processor, use_ln=recipe.use_ln, nb_triplet_fts=recipe.nb_triplet_fts
     )
     model = clrs.baselines.BaselineModel(
-        spec=spec,
-        dummy_trajectory=sample(),
+        spec=recipe.spec,
+        dummy_trajectory=dummy,
         processor_factory=factory,
-        hidden_dim=int(job["hidden_dim"]),
-        encode_hints=bool(job["encode_hints"]),
-        decode_hints=bool(job["decode_hints"]),
-        encoder_init=job["encoder_init"],
+        hidden_dim=recipe.hidden_dim,
+        encode_hints=recipe.encode_hints,
+        decode_hints=recipe.decode_hints,
+        encoder_init=recipe.encoder_init,
         use_lstm=False,
-        learning_rate=float(job["lr"]),
-        grad_clip_max_norm=float(job["grad_clip_max_norm"]),
+        learning_rate=job.lr,
+        grad_clip_max_norm=recipe.grad_clip_max_norm,
         checkpoint_path="/tmp/clrs-checkpoints",
         dropout_prob=0.0,
-        hint_teacher_forcing=float(job["hint_teacher_forcing"]),
-        hint_repred_mode=job["hint_repred_mode"],
+        hint_teacher_forcing=recipe.hint_teacher_forcing,
+        hint_repred_mode=recipe.hint_repred_mode,
         nb_msg_passing_steps=1,
     )
+    return clrs, model
+
+
+def _jax(job: ChildJob) -> Any:
+    # XLA's CPU backend runs its own thread pool whatever OMP_NUM_THREADS says: hold it
+    # to the slot's threads, or one evaluation takes every core.
+    threads = max(1, job.threads)
+    os.environ["XLA_FLAGS"] = (
+        f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
+        f"intra_op_parallelism_threads={threads}"
+    )
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    return jax
+
+
+def train(job: ChildJob, data: dict[str, np.ndarray], out: BinaryIO) -> int:
+    """The train phase: the published training loop, the parameters at each checkpoint."""
+    jax = _jax(job)
+    clrs = clrs_lib.load()
+    assert job.clrs is not None
+    train_set = clrs_lib.unflatten(clrs, "train", data, job.clrs.spec)
+    n_train = len(train_set.features.lengths)
+    batch_size = min(job.batch_size, n_train)
+    rng = np.random.default_rng(job.seed)
+
+    def sample() -> Any:
+        return clrs_lib.batch(train_set, rng.integers(0, n_train, batch_size))
+
+    first = sample()
+    clrs, model = _model(job, first)
 
     # Stage: count parameters from shapes alone, before any weight is allocated.
-    max_params = int(job.get("max_params") or 0)
-    first = sample()
     try:
         shapes = jax.eval_shape(
             lambda key: model.net_fn.init(
@@ -125,63 +134,80 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
             jax.random.PRNGKey(0),
         )  # fmt: skip
     except BaseException as e:
-        failure = _failure_from(e, "shape_check")
+        failure = failure_from(e, "shape_check")
         if failure.status == "CRASHED":
             failure.status = "INVALID"
             failure.message = f"the processor does not build with this triplet function: {e}"[:500]
         raise failure from None
     num_params = int(sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes)))
-    if max_params and num_params > max_params:
+    if job.max_params and num_params > job.max_params:
         raise StageFailure(
-            "REJECTED", "count_params", f"{num_params:,} parameters, over the cap of {max_params:,}"
+            "REJECTED",
+            "count_params",
+            f"{num_params:,} parameters, over the cap of {job.max_params:,}",
         )
-
     try:
-        model.init(first.features, int(job["seed"]))
+        model.init(first.features, job.seed)
     except BaseException as e:
-        raise _failure_from(e, "build") from None
+        raise failure_from(e, "build") from None
 
-    steps = int(job["steps"])
-    eval_every = max(1, int(job["eval_every"]))
-    keys = jax.random.split(jax.random.PRNGKey(int(job["seed"])), 2)
-    train_key, predict_key = keys[0], keys[1]
-
-    def predict(features: Any) -> dict[str, np.ndarray]:
-        outs, _ = model.predict(predict_key, features)
-        return _outputs(outs)
-
-    val_steps: list[int] = []
-    losses: list[float] = []
-    checkpoints: dict[str, np.ndarray] = {}
-    started = time.perf_counter()
+    schedule = set(job.checkpoint_steps)
+    train_key = jax.random.PRNGKey(job.seed)
     try:
-        for step in range(1, steps + 1):
+        for step in range(1, job.steps + 1):
             train_key, key = jax.random.split(train_key)
             loss = float(model.feedback(key, sample() if step > 1 else first))
             if not np.isfinite(loss):
                 raise StageFailure("DIVERGED", "train", f"loss became {loss} at step {step}")
-            if step % eval_every == 0 or step == steps:
-                losses.append(loss)
-                for k, v in predict(val.features).items():
-                    checkpoints[f"val{len(val_steps)}.{k}"] = v
-                val_steps.append(step)
-                progress = {"stage": "train", "step": step, "total_steps": steps,
-                            "train_loss": loss}  # fmt: skip
-                write_frame(out, PROGRESS, json.dumps(progress).encode())
-        test_preds = {f"test.{k}": v for k, v in predict(test.features).items()}
+            if step in schedule:
+                parts = protocol.checkpoint_parts(loss, _flat(model.params))
+                protocol.write_frame(out, protocol.CHECKPOINT, *parts)
+                protocol.write_frame(out, protocol.PROGRESS, protocol.progress_payload(step, loss))
     except StageFailure:
         raise
     except BaseException as e:
-        raise _failure_from(e, "train") from None
-    train_seconds = time.perf_counter() - started
+        raise failure_from(e, "train") from None
+    return 0
 
-    leaves = jax.tree_util.tree_leaves(model.params)
-    weights = {f"w{i}": np.asarray(p, dtype=np.float32) for i, p in enumerate(leaves)}
-    return {
-        "meta": done_meta(steps, train_seconds, num_params),
-        "val_steps": np.asarray(val_steps, dtype=np.int64),
-        "train_loss": np.asarray(losses, dtype=np.float64),
-        **checkpoints,
-        **test_preds,
-        **weights,
-    }
+
+def score(job: ChildJob, data: dict[str, np.ndarray], checkpoints: BinaryIO, out: BinaryIO) -> int:
+    """The score phase: the model rebuilt from the code, each checkpoint loaded strictly,
+    its outputs on the validation inputs (and the test inputs for the last)."""
+    jax = _jax(job)
+    clrs = clrs_lib.load()
+    assert job.clrs is not None
+    # The validation inputs with zero outputs: all the model's construction reads of them
+    # is their shapes.
+    val = clrs_lib.unflatten(clrs, "val", data, job.clrs.spec)
+    test = clrs_lib.unflatten(clrs, "test", data, job.clrs.spec)
+    first = clrs_lib.batch(val, np.arange(min(job.batch_size, len(val.features.lengths))))
+    clrs, model = _model(job, first)
+    try:
+        model.init(first.features, job.seed)
+    except BaseException as e:
+        raise failure_from(e, "build") from None
+    template = model.params
+    expected = {name: a.shape for name, a in _flat(template).items()}
+    predict_key = jax.random.split(jax.random.PRNGKey(job.seed), 2)[1]
+    last = len(job.checkpoint_steps) - 1
+    for i in range(last + 1):
+        kind, payload = protocol.read_frame(checkpoints)
+        if kind != protocol.CHECKPOINT:
+            raise StageFailure("CRASHED", "score", f"checkpoint {i} is missing")
+        _, tensors = protocol.read_checkpoint(payload)
+        if {name: a.shape for name, a in tensors.items()} != expected:
+            raise StageFailure(
+                "CRASHED", "score", f"checkpoint {i} does not fit the model rebuilt from the code"
+            )
+        try:
+            model.params = {
+                module: {name: tensors[f"{module}/{name}"] for name in values}
+                for module, values in template.items()
+            }
+            predictions = _outputs("val", model.predict(predict_key, val.features)[0])
+            if i == last:
+                predictions.update(_outputs("test", model.predict(predict_key, test.features)[0]))
+        except BaseException as e:
+            raise failure_from(e, "score") from None
+        protocol.write_frame(out, protocol.PREDICTIONS, *protocol.bundle_parts(predictions))
+    return int(sum(np.prod(s) for s in expected.values()))

@@ -37,7 +37,8 @@ class TrainerConfig:
     backend: str = "bwrap"
     slots: int = 1
     threads_per_slot: int = 1
-    # Sandboxes started ahead of time, so back-to-back evaluations wait on no start-up.
+    # Sandboxes started ahead of time, so back-to-back evaluations wait on no start-up. An
+    # evaluation takes two (training, then scoring); the pool refills while one trains.
     warm: int = 1
     max_queue: int = 16
     limits: Limits = field(default_factory=Limits)
@@ -156,11 +157,15 @@ class Trainer:
                 self.busy += 1
         if not got:
             raise Busy(f"no slot became free within {wait_seconds:.0f} s")
-        try:
+
+        def sandboxes() -> Sandbox:
             sandbox = self.pool.take()
             if on_sandbox is not None:
                 on_sandbox(sandbox)
-            response = evaluate(job, sandbox, self.config.threads_per_slot, on_progress)
+            return sandbox
+
+        try:
+            response = evaluate(job, sandboxes, self.config.threads_per_slot, on_progress)
         except Exception as e:
             log.exception("evaluation failed inside the trainer")
             response = pb.EvaluateResponse(

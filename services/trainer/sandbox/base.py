@@ -7,19 +7,18 @@ came out. The caller scores it; nothing here trusts the candidate.
 """
 
 import contextlib
-import json
 import os
 import signal
-import struct
 import subprocess
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from services.trainer.child import PROGRESS, RESULT
+from services.trainer import protocol
 
 GIB = 1024**3
 MIB = 1024**2
@@ -56,7 +55,10 @@ class Limits:
 class RawRun:
     """What came out of a sandbox, unjudged."""
 
-    result: bytes | None = None
+    # The returned frames, once the child wrote its end frame (see FrameReader).
+    result: "Spool | None" = None
+    # Why the result was refused while it was read (a frame over a bound), or "".
+    violation: str = ""
     exit_code: int | None = None
     signal_name: str = ""
     timed_out: bool = False
@@ -69,7 +71,8 @@ class RawRun:
     oom_killed: bool = False
 
 
-ProgressFn = Callable[[dict[str, Any]], None]
+# Called with each delivered progress frame's payload (bytes, untrusted).
+ProgressFn = Callable[[bytes], None]
 
 
 class Sandbox(ABC):
@@ -80,7 +83,8 @@ class Sandbox(ABC):
     device: str = "cpu"
 
     @abstractmethod
-    def run(self, job: bytes, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun: ...
+    def run(self, job: BinaryIO, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun:
+        """Send `job` (a readable stream, see protocol.encode_job) and collect the run."""
 
     @abstractmethod
     def destroy(self) -> None:
@@ -103,41 +107,150 @@ class Backend(ABC):
         """Release what the backend holds (engine clients, images)."""
 
 
-def encode_job(arrays_npz: bytes) -> bytes:
-    return struct.pack("<Q", len(arrays_npz)) + arrays_npz
+def result_cap(limits: Limits) -> int:
+    """The most a run may spool to disk: its checkpoints at the parameter cap (4 bytes an
+    element; int64 buffers count twice, which the margin covers) and the predictions."""
+    return protocol.MAX_CHECKPOINTS * (limits.max_params * 4 + 4 * MIB) + 64 * MIB
+
+
+@dataclass(frozen=True)
+class SpooledFrame:
+    kind: bytes
+    offset: int  # of the payload in the spool file
+    size: int
+
+
+class Spool:
+    """The frames a run returned (everything but progress), in an unlinked temporary file:
+    never held in the trainer's memory. Closed by whoever judges the run."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix="evo-spool-")  # noqa: SIM115 - closed by close()
+        self.frames: list[SpooledFrame] = []
+        self.bytes = 0
+
+    def payload(self, frame: SpooledFrame, limit: int) -> bytes:
+        """A frame's payload, refused unread when it is over `limit` bytes."""
+        if frame.size > limit:
+            raise protocol.ProtocolError(f"a frame of {frame.size:,} bytes (at most {limit:,})")
+        self.file.seek(frame.offset)
+        return self.file.read(frame.size)
+
+    def reader(self, frame: SpooledFrame) -> BinaryIO:
+        """The spool positioned at a frame's payload."""
+        self.file.seek(frame.offset)
+        return self.file  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class FrameReader:
-    """Reads the child's frames (progress, then one result), refusing oversize ones."""
+    """Reads the child's frames with every bound of the protocol, keeping nothing in memory.
 
-    def __init__(self, stream: BinaryIO, max_result_bytes: int, on_progress: ProgressFn | None):
+    Progress frames (at most `protocol.MAX_PROGRESS_BYTES`) go to `on_progress`, at most
+    `protocol.PROGRESS_PER_SECOND` a second; the rest are read and dropped. Checkpoint,
+    prediction and end frames go to a spool file capped at `max_result_bytes`, at most
+    `MAX_CHECKPOINTS + 1` of them; reading stops at the end frame. Anything else (an
+    unknown kind, an oversize frame, too many frames) is a `violation`: the stream is then
+    drained unread, so the sandbox neither blocks nor gets another frame read, and
+    `on_violation` (if given) stops it. `result` is the spool once an end frame was read.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        max_result_bytes: int,
+        on_progress: ProgressFn | None,
+        on_violation: Callable[[], None] | None = None,
+    ) -> None:
         self.stream = stream
         self.max_result_bytes = max_result_bytes
         self.on_progress = on_progress
-        self.result: bytes | None = None
-        self.overflow = False
+        self.on_violation = on_violation
+        self.result: Spool | None = None
+        self.violation = ""
+        self.progress_frames = 0
+        self._spool = Spool()
+        self._window = (0.0, 0)  # (second it started, frames delivered in it)
+
+    @property
+    def overflow(self) -> bool:
+        return bool(self.violation)
 
     def __call__(self) -> None:
         try:
-            while self.result is None:
-                header = _read_exact(self.stream, 9)
+            while self.result is None and not self.violation:
+                header = _read_exact(self.stream, protocol.FRAME.size)
                 if header is None:
                     return
-                kind, size = header[:1], struct.unpack("<Q", header[1:])[0]
-                if size > self.max_result_bytes:
-                    self.overflow = True
-                    return
-                payload = _read_exact(self.stream, size)
-                if payload is None:
-                    return
-                if kind == RESULT:
-                    self.result = payload
-                elif kind == PROGRESS and self.on_progress is not None:
-                    # Progress is informational; a forged frame changes nothing.
-                    with contextlib.suppress(ValueError, TypeError):
-                        self.on_progress(json.loads(payload))
+                kind, size = protocol.FRAME.unpack(header)
+                if kind == protocol.PROGRESS:
+                    self._progress(size)
+                elif kind in (protocol.CHECKPOINT, protocol.PREDICTIONS, protocol.END):
+                    self._keep(kind, size)
+                else:
+                    self._violate(f"sent a frame of unknown kind {kind!r}")
+            _drain(self.stream)
         except (OSError, ValueError):
             return
+        finally:
+            if self.result is None:
+                self._spool.close()
+
+    def _violate(self, why: str) -> None:
+        self.violation = why
+        if self.on_violation is not None:
+            self.on_violation()
+
+    def _progress(self, size: int) -> None:
+        if size > protocol.MAX_PROGRESS_BYTES:
+            self._violate(
+                f"sent a progress frame of {size:,} bytes (at most {protocol.MAX_PROGRESS_BYTES:,})"
+            )
+            return
+        payload = _read_exact(self.stream, size)
+        if payload is None:
+            return
+        self.progress_frames += 1
+        now = time.monotonic()
+        started, delivered = self._window
+        if now - started >= 1.0:
+            started, delivered = now, 0
+        if self.on_progress is not None and delivered < protocol.PROGRESS_PER_SECOND:
+            delivered += 1
+            # Progress is informational; a forged or malformed frame changes nothing.
+            with contextlib.suppress(ValueError, TypeError):
+                self.on_progress(payload)
+        self._window = (started, delivered)
+
+    def _keep(self, kind: bytes, size: int) -> None:
+        spool = self._spool
+        if len(spool.frames) > protocol.MAX_CHECKPOINTS:
+            self._violate(f"sent more than {protocol.MAX_CHECKPOINTS} checkpoint frames")
+            return
+        if spool.bytes + size > self.max_result_bytes:
+            self._violate(f"returned more than the {self.max_result_bytes:,}-byte result limit")
+            return
+        offset = spool.file.tell()
+        left = size
+        while left:
+            chunk = self.stream.read(min(left, 1 << 20))
+            if not chunk:
+                return  # the child died mid-frame: no end frame, its exit says why
+            spool.file.write(chunk)
+            left -= len(chunk)
+        spool.bytes += size
+        spool.frames.append(SpooledFrame(kind, offset, size))
+        if kind == protocol.END:
+            spool.file.flush()
+            self.result = spool
+
+
+def _drain(stream: BinaryIO) -> None:
+    """Read what is left and drop it, so that the writer never blocks on a full pipe."""
+    while stream.read(1 << 16):
+        pass
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
@@ -149,6 +262,12 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def send_job(job: BinaryIO, write: Callable[[bytes], object]) -> None:
+    """Copy a job to the sandbox's stdin in pieces (a score job carries checkpoints)."""
+    while chunk := job.read(1 << 20):
+        write(chunk)
 
 
 class TailReader:
@@ -199,7 +318,7 @@ class ProcessSandbox(Sandbox):
             pass_fds=pass_fds,
         )
 
-    def run(self, job: bytes, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun:
+    def run(self, job: BinaryIO, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun:
         proc = self.proc
         assert proc.stdin and proc.stdout and proc.stderr
         out = RawRun()
@@ -209,7 +328,7 @@ class ProcessSandbox(Sandbox):
             overflow.set()
             self._kill()
 
-        frames = FrameReader(proc.stdout, limits.max_params * 4 + 64 * MIB, on_progress)
+        frames = FrameReader(proc.stdout, result_cap(limits), on_progress, self._kill)
         logs = TailReader(proc.stderr, limits.log_tail_bytes, limits.max_output_bytes, output_limit)
         readers = [threading.Thread(target=t, daemon=True) for t in (frames, logs)]
         for t in readers:
@@ -218,7 +337,7 @@ class ProcessSandbox(Sandbox):
 
         def send() -> None:
             try:
-                proc.stdin.write(job)  # type: ignore[union-attr]
+                send_job(job, proc.stdin.write)  # type: ignore[union-attr]
                 proc.stdin.close()  # type: ignore[union-attr]
             except OSError:
                 pass  # the sandbox died before reading its job; its exit says why
@@ -235,6 +354,7 @@ class ProcessSandbox(Sandbox):
         self._kill()  # anything the candidate left in its group goes too
         out.result = frames.result
         out.result_overflow = frames.overflow
+        out.violation = frames.violation
         out.output_overflow = overflow.is_set()
         out.log_tail = logs.text()
         out.output_bytes = logs.total

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
@@ -33,7 +33,6 @@ import requests
 
 import services.trainer.child
 from services.trainer.sandbox.base import (
-    MIB,
     Backend,
     FrameReader,
     Limits,
@@ -41,6 +40,8 @@ from services.trainer.sandbox.base import (
     RawRun,
     Sandbox,
     TailReader,
+    result_cap,
+    send_job,
 )
 from services.trainer.sandbox.local import (
     CHILD,
@@ -55,7 +56,7 @@ DEFAULT_IMAGE = "evo-sandbox:local"
 # Set on every container this backend makes, so that leftovers can be found and removed.
 LABEL = "evo.sandbox"
 # The modules the image carries for the child; its label hashes them in this order.
-CHILD_FILES = ("child.py", "clrs_child.py", "clrs_lib.py")
+CHILD_FILES = ("child.py", "clrs_child.py", "clrs_lib.py", "protocol.py")
 BUILD_HINT = "build it with images/sandbox/build-local.sh"
 ENGINE_HINT = "start dockerd (images/sandbox/start-docker-engine.sh) or set DOCKER_HOST"
 # The attach stream's frame header: stream id, three zero bytes, big-endian length.
@@ -266,7 +267,7 @@ class DockerSandbox(Sandbox):
             except OSError:
                 self._discard.add(stream)
 
-    def run(self, job: bytes, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun:
+    def run(self, job: BinaryIO, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun:
         out = RawRun()
         overflow = threading.Event()
         if 0 < limits.memory_bytes < self.memory_bytes:
@@ -285,7 +286,7 @@ class DockerSandbox(Sandbox):
             self._discard.add(_STDERR)  # the demux must not wait on a reader that stopped
             self._kill(wait=False)  # run() sees the exit and waits
 
-        frames = FrameReader(self.stdout, limits.max_params * 4 + 64 * MIB, on_progress)
+        frames = FrameReader(self.stdout, result_cap(limits), on_progress)
         logs = TailReader(self.stderr, limits.log_tail_bytes, limits.max_output_bytes, output_limit)
 
         def reading(reader: Callable[[], None], stream: int) -> Callable[[], None]:
@@ -309,7 +310,7 @@ class DockerSandbox(Sandbox):
         def send() -> None:
             try:
                 assert sock is not None
-                sock.sendall(job)
+                send_job(job, sock.sendall)
                 sock.shutdown(socket.SHUT_WR)  # the child's stdin ends here
             except OSError:
                 pass  # the sandbox died before reading its job; its exit says why
@@ -324,6 +325,7 @@ class DockerSandbox(Sandbox):
         self._kill()
         out.result = frames.result
         out.result_overflow = frames.overflow
+        out.violation = frames.violation
         out.output_overflow = overflow.is_set()
         out.log_tail = logs.text()
         out.output_bytes = logs.total

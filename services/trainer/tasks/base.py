@@ -1,15 +1,55 @@
 """The task plug-in interface: data, training recipe, metrics, seeds and prompt header.
 
-A task says what enters the sandbox (`sandbox_arrays`, `job_fields`: never validation or
-test labels) and scores what comes back (`score`) on the trusted side.
+A task says what enters each sandbox (`train_arrays` for the training run, `score_arrays`
+for the scoring run: never validation or test labels, and never validation or test inputs
+in the training run), what the scoring run must return (`prediction_spec`) and scores it
+(`score`) on the trusted side.
 """
 
+import hashlib
+import os
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+SECRET_ENV = "EVO_TRAINER_SECRET"
+
+
+def evo_home() -> Path:
+    return Path(os.environ.get("EVO_HOME", Path.home() / ".evo"))
+
+
+def trainer_secret() -> bytes:
+    """The secret the held-out data is generated from: EVO_TRAINER_SECRET, else
+    $EVO_HOME/trainer-secret (mode 0600, made on first use). Never enters a sandbox; trainers
+    that must score alike (a fleet) share it."""
+    if value := os.environ.get(SECRET_ENV, "").strip():
+        return value.encode()
+    path = evo_home() / "trainer-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another trainer made it first
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+    value = path.read_bytes().strip()
+    if not value:
+        raise RuntimeError(f"{path} is empty: delete it (a new secret is made) or set {SECRET_ENV}")
+    return value
+
+
+def held_out_seed(purpose: str) -> int:
+    """A 32-bit seed for `purpose` derived from the trainer's secret."""
+    digest = hashlib.sha256(trainer_secret() + b"\0" + purpose.encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 @dataclass(frozen=True)
@@ -67,33 +107,45 @@ class Task(ABC):
     def accuracy(self, predictions: np.ndarray, labels: np.ndarray) -> float:
         return float(np.mean(predictions.astype(np.int64) == labels))
 
-    def job_fields(self) -> dict[str, Any]:
-        """The training recipe as the sandbox's job sees it."""
+    def job_settings(self) -> dict[str, Any]:
+        """The training recipe as the child's job (protocol.ChildJob) carries it."""
         return {
             "runner": self.runner,
             "batch_size": self.recipe.batch_size,
             "lr": self.recipe.learning_rate,
             "num_classes": self.num_classes,
+            "clrs": None,
         }
 
-    def sandbox_arrays(self) -> dict[str, np.ndarray]:
-        """Everything the candidate may see: inputs, and the training labels only."""
+    def train_arrays(self) -> dict[str, np.ndarray]:
+        """What the training run sees: the training split, nothing held out."""
         data = self.dataset()
-        return {
-            "train_x": data.train.x,
-            "train_y": data.train.y,
-            "val_x": data.val.x,
-            "test_x": data.test.x,
-        }
+        return {"train_x": data.train.x, "train_y": data.train.y}
+
+    def score_arrays(self) -> dict[str, np.ndarray]:
+        """What the scoring run sees: validation and test inputs, never their labels."""
+        data = self.dataset()
+        return {"val_x": data.val.x, "test_x": data.test.x}
+
+    def prediction_spec(self, split: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The predictions one checkpoint's bundle holds for `split` ("val" or "test"):
+        name -> (protocol dtype, shape). Anything else is a malformed result."""
+        data = self.dataset()
+        labels = data.val.y if split == "val" else data.test.y
+        return {f"{split}.labels": ("int16", (len(labels),))}
 
     def score(self, arrays: dict[str, np.ndarray], checkpoints: int) -> tuple[list[float], float]:
         """Validation accuracy at each checkpoint and the test accuracy, from the
-        sandbox's predictions and the labels held here. ValueError if malformed."""
+        predictions (`val{i}.labels`, `test.labels`) and the labels held here.
+        ValueError if malformed."""
         data = self.dataset()
-        val_preds, test_preds = arrays["val_preds"], arrays["test_preds"]
-        if val_preds.shape != (checkpoints, len(data.val.y)):
-            raise ValueError("validation predictions do not match the validation split")
-        if test_preds.shape != (len(data.test.y),):
+        val = []
+        for i in range(checkpoints):
+            preds = arrays[f"val{i}.labels"]
+            if preds.shape != data.val.y.shape:
+                raise ValueError("validation predictions do not match the validation split")
+            val.append(self.accuracy(preds, data.val.y))
+        test_preds = arrays["test.labels"]
+        if test_preds.shape != data.test.y.shape:
             raise ValueError("test predictions do not match the test split")
-        val = [self.accuracy(p, data.val.y) for p in val_preds]
         return val, self.accuracy(test_preds, data.test.y)

@@ -18,6 +18,7 @@ import numpy as np
 
 from services.trainer import clrs_lib
 from services.trainer.clrs_child import PUBLISHED
+from services.trainer.protocol import ClrsRecipe
 from services.trainer.tasks.base import Dataset, Recipe, Task
 from services.trainer.tasks.mnist1d import cache_dir
 
@@ -161,20 +162,38 @@ class Clrs(Task):
         self._spec = {k: tuple(v) for k, v in spec_json.items()}
         return arrays
 
-    def job_fields(self) -> dict[str, Any]:
+    def job_settings(self) -> dict[str, Any]:
+        recipe = ClrsRecipe(
+            algorithm=self.algorithm,
+            processor=PUBLISHED["processor"],
+            hidden_dim=self.sizes.hidden,
+            nb_triplet_fts=PUBLISHED["nb_triplet_fts"],
+            use_ln=PUBLISHED["use_ln"],
+            encode_hints=PUBLISHED["encode_hints"],
+            decode_hints=PUBLISHED["decode_hints"],
+            encoder_init=PUBLISHED["encoder_init"],
+            hint_teacher_forcing=PUBLISHED["hint_teacher_forcing"],
+            hint_repred_mode=PUBLISHED["hint_repred_mode"],
+            grad_clip_max_norm=PUBLISHED["grad_clip_max_norm"],
+            spec=self.spec,
+        )
         return {
-            **PUBLISHED,
             "runner": self.runner,
-            "algorithm": self.algorithm,
-            "hidden_dim": self.sizes.hidden,
             "batch_size": self.sizes.batch,
             "lr": self.recipe.learning_rate,
-            "spec": self.spec,
+            "num_classes": 0,
+            "clrs": recipe,
         }
 
-    def sandbox_arrays(self) -> dict[str, np.ndarray]:
+    def train_arrays(self) -> dict[str, np.ndarray]:
+        """The training trajectories only: no validation or test input enters training."""
+        return {k: v for k, v in self.arrays().items() if k.startswith("train.")}
+
+    def score_arrays(self) -> dict[str, np.ndarray]:
+        """Validation and test inputs, hints at their first step only, and zero outputs for
+        validation (the model's construction reads their shapes, nothing else)."""
         arrays = self.arrays()
-        held = {k: v for k, v in arrays.items() if not k.startswith(("val.", "test."))}
+        held: dict[str, np.ndarray] = {}
         for split in ("val", "test"):
             inputs = {
                 k: v
@@ -182,7 +201,19 @@ class Clrs(Task):
                 if k.startswith(f"{split}.") and not k.startswith(f"{split}.output.")
             }
             held.update(first_hint_step_only(inputs))
+        for k, v in arrays.items():
+            if k.startswith("val.output."):
+                held[k] = np.zeros_like(v)
         return held
+
+    def sandbox_arrays(self) -> dict[str, np.ndarray]:
+        """Everything either sandbox sees (both runs together)."""
+        return {**self.train_arrays(), **self.score_arrays()}
+
+    def prediction_spec(self, split: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+        clrs = clrs_lib.load()
+        truth = clrs_lib.unflatten(clrs, split, self.arrays(), self.spec).outputs
+        return {f"{split}.out.{dp.name}": ("float32", tuple(dp.data.shape)) for dp in truth}
 
     def score(self, arrays: dict[str, np.ndarray], checkpoints: int) -> tuple[list[float], float]:
         val = [self._score_split("val", arrays, f"val{i}.") for i in range(checkpoints)]
@@ -194,12 +225,9 @@ class Clrs(Task):
         predictions = {}
         for dp in truth:
             pred = arrays.get(f"{prefix}out.{dp.name}")
-            kind = arrays.get(f"{prefix}type.{dp.name}")
-            if pred is None or kind is None:
+            if pred is None:
                 raise ValueError(f"no {split} prediction for output {dp.name!r}")
-            # Hard post-processing keeps every output's type and shape.
-            if bytes(kind).decode(errors="replace") != dp.type_:
-                raise ValueError(f"{split} prediction {dp.name!r} is not of type {dp.type_}")
+            # Hard post-processing keeps every output's type (the spec's) and shape.
             if pred.dtype.kind != "f" or pred.shape != dp.data.shape:
                 raise ValueError(f"{split} prediction {dp.name!r} has the wrong shape")
             predictions[dp.name] = clrs.probing.DataPoint(dp.name, dp.location, dp.type_, pred)

@@ -1,4 +1,10 @@
-"""MNIST-1D (Greydanus 2020): 10 classes of 1-D signals of length 40, generated offline."""
+"""MNIST-1D (Greydanus 2020): 10 classes of 1-D signals of length 40, generated offline.
+
+The training split is the public one (the package's default seed). The validation and
+test splits are generated the same way from a seed derived from the trainer's secret
+(tasks.base.trainer_secret): a candidate that imports mnist1d, or knows its default seed,
+can rebuild the training split but not the held-out labels.
+"""
 
 import hashlib
 import json
@@ -7,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from services.trainer.tasks.base import Dataset, Recipe, Split, Task
+from services.trainer.tasks.base import Dataset, Recipe, Split, Task, evo_home, held_out_seed
 
 VALIDATION_SIZE = 500  # held out of the 4,000 training examples, as in the paper
 
 
 def cache_dir() -> Path:
-    home = Path(os.environ.get("EVO_HOME", Path.home() / ".evo"))
-    return home / "data"
+    return evo_home() / "data"
 
 
 class Mnist1d(Task):
@@ -43,21 +48,40 @@ class Mnist1d(Task):
         return self._dataset
 
     def _load(self) -> Dataset:
-        from mnist1d.data import get_dataset_args, make_dataset
+        from mnist1d.data import get_dataset_args
 
-        args = get_dataset_args()
-        key = hashlib.sha256(json.dumps(vars(args), sort_keys=True, default=str).encode())
-        path = cache_dir() / f"mnist1d-{key.hexdigest()[:12]}.npz"
-        if not path.exists():
-            data = make_dataset(args)  # offline: never get_dataset(download=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
-            tmp.replace(path)
-        with np.load(path, allow_pickle=False) as d:
-            x, y = d["x"].astype(np.float32), d["y"].astype(np.int64)
-            x_test, y_test = d["x_test"].astype(np.float32), d["y_test"].astype(np.int64)
+        public = get_dataset_args()
+        x, y, _, _ = _generate(public, "mnist1d")
+        held_out = get_dataset_args()
+        held_out.seed = held_out_seed("mnist1d/held-out")
+        # Named by a hash of the seed, never the seed; readable by the trainer's user only.
+        name = "mnist1d-held-out-" + hashlib.sha256(str(held_out.seed).encode()).hexdigest()[:12]
+        hx, hy, hx_test, hy_test = _generate(held_out, name)
         cut = len(x) - VALIDATION_SIZE
         return Dataset(
-            train=Split(x[:cut], y[:cut]), val=Split(x[cut:], y[cut:]), test=Split(x_test, y_test)
+            train=Split(x[:cut], y[:cut]),
+            val=Split(hx[:VALIDATION_SIZE], hy[:VALIDATION_SIZE]),
+            test=Split(hx_test, hy_test),
+        )
+
+
+def _generate(args: object, prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """make_dataset(args), cached under $EVO_HOME/data (mode 0600)."""
+    from mnist1d.data import make_dataset
+
+    key = hashlib.sha256(json.dumps(vars(args), sort_keys=True, default=str).encode())
+    path = cache_dir() / f"{prefix}-{key.hexdigest()[:12]}.npz"
+    if not path.exists():
+        data = make_dataset(args)  # offline: never get_dataset(download=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            np.savez(f, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+        tmp.replace(path)
+    with np.load(path, allow_pickle=False) as d:
+        return (
+            d["x"].astype(np.float32),
+            d["y"].astype(np.int64),
+            d["x_test"].astype(np.float32),
+            d["y_test"].astype(np.int64),
         )
