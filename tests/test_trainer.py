@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import trainer_pb2 as pb
 from evo.v1 import trainer_pb2_grpc as pb_grpc
 
-from services.trainer import server, tasks
+from services.trainer import protocol, server, tasks
 from services.trainer.evaluator import Job
 from services.trainer.sandbox.base import Limits
 from services.trainer.tasks import clrs_available
@@ -139,12 +140,35 @@ def test_request_limits_are_capped_by_the_trainer() -> None:
     assert (job.limits.wall_seconds, job.limits.memory_bytes) == (60, 1 << 30)
 
 
-def test_held_back_labels_never_enter_the_sandbox() -> None:
-    job = Job.from_request(request("x=1"), Limits()).encode(threads=1)
-    with np.load(io.BytesIO(job[8:]), allow_pickle=False) as sent:
-        assert sorted(sent.files) == ["job", "test_x", "train_x", "train_y", "val_x"]
-        data = tasks.get("mnist1d").dataset()
-        assert len(sent["train_y"]) == 3500 and len(data.val.y) == 500
+def _sent(payload: bytes) -> dict[str, np.ndarray]:
+    job, arrays = protocol.read_job(io.BytesIO(payload))
+    return {"job": np.asarray(job.phase), **arrays}
+
+
+def test_held_back_data_never_enters_the_training_run_nor_labels_the_scoring_run() -> None:
+    job = Job.from_request(request("x=1"), Limits())
+    trained = _sent(job.train_job(threads=1).read())
+    assert sorted(trained) == ["job", "train_x", "train_y"] and str(trained["job"]) == "train"
+    head = protocol.encode_job(job.child_job(protocol.SCORE, 1, job.limits), {})
+    assert protocol.read_job(io.BytesIO(head))[0].checkpoint_steps == job.checkpoint_steps
+    scored = job.task.score_arrays()
+    assert sorted(scored) == ["test_x", "val_x"]
+    data = tasks.get("mnist1d").dataset()
+    assert len(trained["train_y"]) == 3500 and len(data.val.y) == 500 and len(data.test.y) == 1000
+
+
+def test_held_out_splits_come_from_the_trainer_secret_not_the_public_seed() -> None:
+    """mnist1d's default seed rebuilds the training split, never the held-out ones."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    public = make_dataset(get_dataset_args())
+    data = tasks.get("mnist1d").dataset()
+    assert np.array_equal(data.train.x, public["x"][:3500].astype(np.float32))
+    assert not np.isin(data.val.x[:, 0], public["x"][:, 0]).any()
+    assert not np.isin(data.test.x[:, 0], public["x_test"][:, 0]).any()
+    secret = Path(os.environ.get("EVO_HOME", Path.home() / ".evo")) / "trainer-secret"
+    if not os.environ.get("EVO_TRAINER_SECRET"):
+        assert secret.stat().st_mode & 0o777 == 0o600
 
 
 def test_process_backend_is_refused_unless_allowed() -> None:

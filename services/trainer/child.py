@@ -119,6 +119,9 @@ def build(job: ChildJob, factory: Any, probe_x: Any) -> Any:
             f"build_model() returned {type(model).__name__}, not a torch.nn.Module",
         )
 
+    if not any(True for _ in model.parameters()):
+        raise StageFailure("INVALID", "count_params", "the model has no trainable parameters")
+
     # Stage: one dummy forward pass checking shapes (and materialising lazy modules).
     try:
         model.eval()
