@@ -73,7 +73,36 @@ EXPECT: dict[str, Check] = {
     "fill_disk.py": lambda r: r.status in (OK, CRASHED),
     "escalate.py": lambda r: r.status == OK and "ESCALATED" not in r.log_tail,
     "wrong_shape.py": lambda r: r.status == INVALID and "expected (2, 10)" in r.message,
+    # Scores the candidate cannot forge (issue 16): see each file's header.
+    "lookup_held_out.py": lambda r: r.status != OK or at_chance(r),
+    "hidden_weights_global.py": lambda r: r.status != OK or (
+        r.metrics.num_params == 1 and at_chance(r)
+    ),
+    "hidden_weights_attribute.py": lambda r: r.status == OK and r.metrics.num_params == 401,
+    "replaced_encoder.py": lambda r: r.status == CRASHED or at_chance(r),
+    "forge_checkpoints.py": lambda r: r.status == CRASHED and "malformed" in r.message,
+    "forge_numbers.py": lambda r: r.status == CRASHED and "loss of nan" in r.message,
+    "malformed_end.py": lambda r: r.status == CRASHED and "malformed" in r.message,
+    "huge_progress_frame.py": lambda r: r.status == CRASHED and "progress frame" in r.message,
+    "progress_flood.py": lambda r: r.status == OK and r.metrics.steps_completed == 100,
+    "many_members.py": lambda r: r.status == CRASHED and "malformed" in r.message,
+    "terminal_escapes.py": lambda r: r.status == OK and clean_terminal(r.log_tail)
+    and "\\x1b]52" in r.log_tail,
+    "lazy_linear.py": lambda r: r.status == OK and r.metrics.num_params == 410,
 }
+
+
+def at_chance(r: pb.EvaluateResponse) -> bool:
+    """Scored OK but no better than guessing (10 classes) on both held-out splits."""
+    return r.status == OK and r.metrics.test_accuracy < 0.25 and r.metrics.best_val_accuracy < 0.25
+
+
+def clean_terminal(text: str) -> bool:
+    """Nothing a terminal would act on: no C0 control but tab and newline, no DEL, no C1."""
+    return not any(
+        (ord(c) < 32 and c not in "\t\n") or 0x7F <= ord(c) < 0xA0 or 0x202A <= ord(c) <= 0x202E
+        for c in text
+    )
 
 
 class Listener:
@@ -213,6 +242,8 @@ def test_hostile_candidate_is_contained(
     expect = EXPECT.get(path.name)
     shown = f"{path.name}: status {common.EvalStatus.Name(result.status)} {result.message!r}"
     assert expect is None or expect(result), shown
+    # Whatever the candidate printed or returned, nothing raw reaches a terminal or the store.
+    assert clean_terminal(result.message) and clean_terminal(result.log_tail), shown
     text = result.SerializeToString().decode(errors="ignore")
     assert canaries["env"] not in text and canaries["file"] not in text, f"{shown}: canary leaked"
     if path.name == "sleeper_daemon.py":

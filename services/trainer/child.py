@@ -197,8 +197,8 @@ def score(job: ChildJob, data: dict[str, np.ndarray], checkpoints: BinaryIO, out
     factory = load_factory(job)
     val_x, test_x = torch.from_numpy(data["val_x"]), torch.from_numpy(data["test_x"])
     model = build(job, factory, val_x)
-    state = state_tensors(model)
-    expected = {name: tuple(t.shape) for name, t in state.items()}
+    state = list(state_tensors(model).values())
+    expected = [tuple(t.shape) for t in state]
 
     def predict(x: Any) -> np.ndarray:
         with torch.no_grad():
@@ -211,29 +211,29 @@ def score(job: ChildJob, data: dict[str, np.ndarray], checkpoints: BinaryIO, out
         kind, payload = protocol.read_frame(checkpoints)
         if kind != protocol.CHECKPOINT:
             raise StageFailure("CRASHED", "score", f"checkpoint {i} is missing")
-        _, tensors = protocol.read_checkpoint(payload)
-        got = {name: tuple(a.shape) for name, a in tensors.items()}
+        # The trainer sends tensors by position, in the order the training run wrote them
+        # (state_tensors' order, which the same code gives again here).
+        tensors = list(protocol.read_checkpoint(payload)[1].values())
+        got = [tuple(a.shape) for a in tensors]
         if got != expected:
-            extra = sorted(set(got) - set(expected))[:3]
-            missing = sorted(set(expected) - set(got))[:3]
-            shapes = [n for n in set(got) & set(expected) if got[n] != expected[n]][:3]
             raise StageFailure(
                 "CRASHED",
                 "score",
-                f"checkpoint {i} does not fit the model rebuilt from the code "
-                f"(unexpected {extra}, missing {missing}, other shapes {shapes})",
+                f"checkpoint {i} does not fit the model rebuilt from the code: "
+                f"{len(got)} tensors of shapes {got[:4]}..., expected {len(expected)} of "
+                f"shapes {expected[:4]}...",
             )
         try:
             with torch.no_grad():
-                for name, tensor in state.items():
-                    tensor.copy_(torch.from_numpy(tensors[name].copy()))
+                for tensor, value in zip(state, tensors, strict=True):
+                    tensor.copy_(torch.from_numpy(value.copy()))
             predictions = {"val.labels": predict(val_x)}
             if i == last:
                 predictions["test.labels"] = predict(test_x)
         except BaseException as e:
             raise failure_from(e, "score") from None
         protocol.write_frame(out, protocol.PREDICTIONS, *protocol.bundle_parts(predictions))
-    return sum(int(np.prod(s)) for s in expected.values())
+    return sum(int(np.prod(s)) for s in expected)
 
 
 def main() -> None:

@@ -41,11 +41,12 @@ def _outputs(split: str, outs: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _flat(params: Any) -> dict[str, np.ndarray]:
-    """Haiku's {module: {name: array}} as the protocol's named float32 tensors."""
+    """Haiku's {module: {name: array}} as the protocol's named float32 tensors, in name
+    order (the scoring run maps them back by position)."""
     return {
-        f"{module}/{name}": np.asarray(value, dtype=np.float32)
-        for module, values in params.items()
-        for name, value in values.items()
+        f"{module}/{name}": np.asarray(params[module][name], dtype=np.float32)
+        for module in sorted(params)
+        for name in sorted(params[module])
     }
 
 
@@ -187,22 +188,24 @@ def score(job: ChildJob, data: dict[str, np.ndarray], checkpoints: BinaryIO, out
     except BaseException as e:
         raise failure_from(e, "build") from None
     template = model.params
-    expected = {name: a.shape for name, a in _flat(template).items()}
+    names = list(_flat(template))
+    expected = [a.shape for a in _flat(template).values()]
     predict_key = jax.random.split(jax.random.PRNGKey(job.seed), 2)[1]
     last = len(job.checkpoint_steps) - 1
     for i in range(last + 1):
         kind, payload = protocol.read_frame(checkpoints)
         if kind != protocol.CHECKPOINT:
             raise StageFailure("CRASHED", "score", f"checkpoint {i} is missing")
-        _, tensors = protocol.read_checkpoint(payload)
-        if {name: a.shape for name, a in tensors.items()} != expected:
+        values = list(protocol.read_checkpoint(payload)[1].values())
+        if [a.shape for a in values] != expected:
             raise StageFailure(
                 "CRASHED", "score", f"checkpoint {i} does not fit the model rebuilt from the code"
             )
+        tensors = dict(zip(names, values, strict=True))
         try:
             model.params = {
-                module: {name: tensors[f"{module}/{name}"] for name in values}
-                for module, values in template.items()
+                module: {name: tensors[f"{module}/{name}"] for name in params}
+                for module, params in template.items()
             }
             predictions = _outputs("val", model.predict(predict_key, val.features)[0])
             if i == last:
@@ -210,4 +213,4 @@ def score(job: ChildJob, data: dict[str, np.ndarray], checkpoints: BinaryIO, out
         except BaseException as e:
             raise failure_from(e, "score") from None
         protocol.write_frame(out, protocol.PREDICTIONS, *protocol.bundle_parts(predictions))
-    return int(sum(np.prod(s) for s in expected.values()))
+    return int(sum(np.prod(s) for s in expected))

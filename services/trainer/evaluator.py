@@ -24,7 +24,7 @@ from evo.v1 import trainer_pb2 as pb
 from services.common.text import escape_controls, escaped_tail
 from services.trainer import protocol, tasks
 from services.trainer.protocol import ProtocolError
-from services.trainer.sandbox.base import Limits, RawRun, Sandbox, Spool, SpooledFrame
+from services.trainer.sandbox.base import Limits, RawRun, Sandbox, Spool
 from services.trainer.tasks.base import Task
 
 STATUSES = {
@@ -155,7 +155,8 @@ class Job:
         the checkpoint frames, streamed from the spool."""
         job = self.child_job(protocol.SCORE, threads, limits)
         head = protocol.encode_job(job, self.task.score_arrays())
-        return JobStream(head, checkpoints.spool, checkpoints.frames)  # type: ignore[return-value]
+        stream = JobStream(checkpoints.spool, [head, *checkpoints.frames()])
+        return stream  # type: ignore[return-value]
 
     # Kept for callers that only want the training run's bytes (tests, benchmarks).
     def encode(self, threads: int) -> bytes:
@@ -163,14 +164,13 @@ class Job:
 
 
 class JobStream:
-    """A job's head, then spooled frames re-framed, read in pieces (never all in memory)."""
+    """A job read in pieces: bytes, and byte ranges of a spool file (never all in memory)."""
 
-    def __init__(self, head: bytes, spool: Spool, frames: list[SpooledFrame]) -> None:
-        self._pieces = iter([head, *[(f,) for f in frames]])  # type: ignore[list-item]
+    def __init__(self, spool: Spool, pieces: list[bytes | tuple[int, int]]) -> None:
         self._spool = spool
+        self._pieces = iter(pieces)
         self._current = io.BytesIO()
-        self._left = 0  # of the current spooled payload
-        self._offset = 0
+        self._offset = self._left = 0  # the spool range being read
 
     def read(self, size: int = -1) -> bytes:
         size = 1 << 20 if size is None or size < 0 else size
@@ -178,11 +178,12 @@ class JobStream:
             if self._left:
                 self._spool.file.seek(self._offset)
                 chunk = self._spool.file.read(min(size, self._left))
+                if not chunk:
+                    raise OSError("the spool file ended early")
                 self._offset += len(chunk)
                 self._left -= len(chunk)
                 return chunk
-            chunk = self._current.read(size)
-            if chunk:
+            if chunk := self._current.read(size):
                 return chunk
             piece = next(self._pieces, None)
             if piece is None:
@@ -190,20 +191,29 @@ class JobStream:
             if isinstance(piece, bytes):
                 self._current = io.BytesIO(piece)
             else:
-                frame = piece[0]
-                self._current = io.BytesIO(protocol.FRAME.pack(frame.kind, frame.size))
-                self._offset, self._left = frame.offset, frame.size
-                return self._current.read()  # the frame's header, then its payload
+                self._offset, self._left = piece
 
 
 @dataclass
 class Checkpoints:
-    """What the training run returned, checked: its frames stay in the spool."""
+    """What the training run returned, checked; the tensors' bytes stay in the spool."""
 
     spool: Spool
-    frames: list[SpooledFrame]
+    # Where each checkpoint's tensor bytes are in the spool: (offset, size).
+    data: list[tuple[int, int]]
+    # The tensors' types and shapes, named by position (protocol.anonymous_header).
+    header: bytes
     losses: list[float]
     num_params: int
+
+    def frames(self) -> list[bytes | tuple[int, int]]:
+        """The checkpoints as the scoring run reads them: no loss, no names, the tensors."""
+        pieces: list[bytes | tuple[int, int]] = []
+        for offset, size in self.data:
+            payload = protocol.LOSS.size + len(self.header) + size
+            pieces += [protocol.FRAME.pack(protocol.CHECKPOINT, payload)]
+            pieces += [protocol.LOSS.pack(0.0) + self.header, (offset, size)]
+        return pieces
 
 
 def evaluate(
@@ -231,14 +241,15 @@ def evaluate(
         tails.append(raw.log_tail)
         return raw
 
+    limits = replace(job.limits, max_checkpoints=len(job.checkpoint_steps))
     try:
-        trained = run(lambda: job.train_job(threads), job.limits, _progress(job, on_progress))
+        trained = run(lambda: job.train_job(threads), limits, _progress(job, on_progress))
         train_seconds = trained.wall_seconds
-        judge_run(job, trained, job.limits)
+        judge_run(job, trained, limits)
         assert trained.result is not None
         checkpoints = read_checkpoints(job, trained.result)
-        left = max(job.limits.wall_seconds - train_seconds, MIN_SCORING_SECONDS)
-        score_limits = replace(job.limits, wall_seconds=min(left, job.limits.wall_seconds))
+        left = max(limits.wall_seconds - train_seconds, MIN_SCORING_SECONDS)
+        score_limits = replace(limits, wall_seconds=min(left, limits.wall_seconds))
         scored = run(lambda: job.score_job(threads, score_limits, checkpoints), score_limits)
         judge_run(job, scored, score_limits, scoring=True)
         assert scored.result is not None
@@ -360,7 +371,7 @@ def read_checkpoints(job: Job, spool: Spool) -> Checkpoints:
                 f"{len(frames)} checkpoints for a schedule of {want} (steps "
                 f"{', '.join(map(str, job.checkpoint_steps[:5]))}...)"
             )
-        losses, first = [], None
+        losses, first, data = [], None, []
         for i, frame in enumerate(frames):
             stream = spool.reader(frame)
             (loss,) = protocol.LOSS.unpack(stream.read(protocol.LOSS.size))
@@ -372,6 +383,8 @@ def read_checkpoints(job: Job, spool: Spool) -> Checkpoints:
                 first = header
             elif header.raw != first.raw:
                 raise ProtocolError(f"checkpoint {i} holds other tensors than checkpoint 0")
+            start = frame.offset + protocol.LOSS.size + header.data_offset
+            data.append((start, header.data_bytes))
     except (ProtocolError, OSError) as e:
         raise _malformed(e) from None
     assert first is not None
@@ -383,7 +396,7 @@ def read_checkpoints(job: Job, spool: Spool) -> Checkpoints:
             common.EVAL_STATUS_REJECTED,
             f"{count:,} parameters and buffers, over the cap of {job.limits.max_params:,}",
         )
-    return Checkpoints(spool, list(frames), losses, count)
+    return Checkpoints(spool, data, protocol.anonymous_header(first), losses, count)
 
 
 def read_predictions(job: Job, spool: Spool, checkpoints: int) -> dict[str, np.ndarray]:
@@ -419,7 +432,7 @@ def score(
 ) -> pb.EvaluateResponse:
     """Score the scoring run's predictions against the held-back labels."""
     started = time.monotonic()
-    n = len(checkpoints.frames)
+    n = len(checkpoints.data)
     try:
         outcome = protocol.Outcome.decode(spool.payload(spool.frames[-1], protocol.MAX_END_BYTES))
         if outcome.num_params != checkpoints.num_params:

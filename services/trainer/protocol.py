@@ -277,10 +277,11 @@ def read_bundle_header(stream: BinaryIO, available: int) -> BundleHeader:
             raise ProtocolError("a tensor name is missing, repeated or too long")
         if dtype not in DTYPES:
             raise ProtocolError(f"tensor {name[:80]!r} has type {str(dtype)[:20]!r}")
+        # No empty dimension: an empty tensor costs nothing and its shape could carry data.
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_DIMS
-            or not all(type(d) is int and 0 <= d < 2**40 for d in shape)
+            or not all(type(d) is int and 0 < d < 2**40 for d in shape)
         ):
             raise ProtocolError(f"tensor {name[:80]!r} has a malformed shape")
         names.add(name)
@@ -301,6 +302,14 @@ def read_bundle(stream: BinaryIO, available: int) -> dict[str, np.ndarray]:
             raise ProtocolError("a tensor bundle ended early")
         out[t.name] = np.frombuffer(data, dtype=t.dtype).reshape(t.shape)
     return out
+
+
+def anonymous_header(header: BundleHeader) -> bytes:
+    """`header` with every name replaced by its position, as the scoring run gets it: the
+    names a training run chose could carry data past the parameter count; positions cannot."""
+    entries = [[str(i), t.dtype.name, list(t.shape)] for i, t in enumerate(header.tensors)]
+    head = json.dumps(entries).encode()
+    return SIZE.pack(len(head)) + head
 
 
 def checkpoint_parts(loss: float, state: dict[str, np.ndarray]) -> list[bytes | memoryview]:

@@ -41,6 +41,8 @@ class Limits:
     open_files: int = 256
     # The part of the output kept for the result.
     log_tail_bytes: int = 16 * 1024
+    # Checkpoint frames a run may return (the evaluator sets the job's schedule length).
+    max_checkpoints: int = protocol.MAX_CHECKPOINTS
 
     def capped_by(self, cap: "Limits") -> "Limits":
         """These limits, lowered to `cap` wherever they ask for more (0 means the cap)."""
@@ -110,7 +112,7 @@ class Backend(ABC):
 def result_cap(limits: Limits) -> int:
     """The most a run may spool to disk: its checkpoints at the parameter cap (4 bytes an
     element; int64 buffers count twice, which the margin covers) and the predictions."""
-    return protocol.MAX_CHECKPOINTS * (limits.max_params * 4 + 4 * MIB) + 64 * MIB
+    return limits.max_checkpoints * (limits.max_params * 4 + 4 * MIB) + 64 * MIB
 
 
 @dataclass(frozen=True)
