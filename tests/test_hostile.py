@@ -75,8 +75,8 @@ EXPECT: dict[str, Check] = {
     "wrong_shape.py": lambda r: r.status == INVALID and "expected (2, 10)" in r.message,
     # Scores the candidate cannot forge (issue 16): see each file's header.
     "lookup_held_out.py": lambda r: r.status != OK or at_chance(r),
-    "hidden_weights_global.py": lambda r: r.status != OK or (
-        r.metrics.num_params == 1 and at_chance(r)
+    "hidden_weights_global.py": lambda r: (
+        r.status != OK or (r.metrics.num_params == 1 and at_chance(r))
     ),
     "hidden_weights_attribute.py": lambda r: r.status == OK and r.metrics.num_params == 401,
     "replaced_encoder.py": lambda r: r.status == CRASHED or at_chance(r),
@@ -86,8 +86,9 @@ EXPECT: dict[str, Check] = {
     "huge_progress_frame.py": lambda r: r.status == CRASHED and "progress frame" in r.message,
     "progress_flood.py": lambda r: r.status == OK and r.metrics.steps_completed == 100,
     "many_members.py": lambda r: r.status == CRASHED and "malformed" in r.message,
-    "terminal_escapes.py": lambda r: r.status == OK and clean_terminal(r.log_tail)
-    and "\\x1b]52" in r.log_tail,
+    "terminal_escapes.py": lambda r: (
+        r.status == OK and clean_terminal(r.log_tail) and "\\x1b]52" in r.log_tail
+    ),
     "lazy_linear.py": lambda r: r.status == OK and r.metrics.num_params == 410,
 }
 
