@@ -10,6 +10,7 @@ outside, no sandbox process outlives the evaluation, the service answers the nex
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,6 +185,12 @@ def served(
     trainer.close()
 
 
+def another_checkouts(argv0: str) -> bool:
+    """A sandbox child started by another checkout's trainer on this machine (another
+    engineer's tests share the sandbox uids): its interpreter is another virtualenv's."""
+    return argv0.endswith("/.venv/bin/python") and argv0 != sys.executable
+
+
 def sandbox_processes(trainer: server.Trainer) -> list[str]:
     """Processes running as a sandbox uid, other than the pre-started ones waiting for a job.
 
@@ -208,9 +215,11 @@ def sandbox_processes(trainer: server.Trainer) -> list[str]:
             except OSError:
                 continue
             uid = int(fields["Uid"].split()[0])
+            argv0 = cmdline.split(b" ", 1)[0].decode(errors="replace")
             if (
                 SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT
                 and uid not in waiting
+                and not another_checkouts(argv0)
             ):
                 found.append(
                     f"pid {status.parent.name} uid {uid} state {fields['State'].strip()} "
