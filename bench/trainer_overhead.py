@@ -6,7 +6,6 @@ training loop run bare in-process, and evaluations per minute with 1, 2 and 4 sl
 """
 
 import argparse
-import io
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import trainer_pb2 as pb
 from evo.v1 import trainer_pb2_grpc as pb_grpc
 
-from services.trainer import child, server, tasks
+from services.trainer import child, protocol, server, tasks
 from services.trainer.evaluator import Job
 from services.trainer.sandbox.base import Limits
 
@@ -33,17 +32,47 @@ def make_request(steps: int, seed: int) -> pb.EvaluateRequest:
 
 
 def bare_seconds(steps: int, seed: int) -> float:
-    """The child's own training loop, in this process, with no sandbox and no transfer."""
-    job, data = child.read_job(io.BytesIO(Job.from_request(make_request(steps, seed), Limits())
-                                          .encode(threads=1)))  # fmt: skip
+    """The same training and evaluation in this process, with no sandbox, no transfer, no
+    checkpoints: train, predict the validation split at each checkpoint of the schedule
+    and the test split at the end."""
+    import torch
+    import torch.nn.functional as F
+
+    job = Job.from_request(make_request(steps, seed), Limits())
+    train, data = protocol.read_job(job.train_job(threads=1))
+    held_out = job.task.score_arrays()
     started = time.perf_counter()
-    child.run(job, data, io.BytesIO())
+    train_x, train_y = torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])
+    val_x, test_x = torch.from_numpy(held_out["val_x"]), torch.from_numpy(held_out["test_x"])
+    model = child.build(train, child.load_factory(train), train_x)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr)
+    generator = torch.Generator().manual_seed(train.seed)
+
+    def predict(x: torch.Tensor) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            labels = torch.cat([model(chunk) for chunk in torch.split(x, 512)]).argmax(dim=1)
+        model.train()
+        return labels.numpy()
+
+    model.train()
+    for step in range(1, train.steps + 1):
+        idx = torch.randint(0, train_x.shape[0], (train.batch_size,), generator=generator)
+        loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step in train.checkpoint_steps:
+            predict(val_x)
+    predict(test_x)
     return time.perf_counter() - started
 
 
 def wait_warm(trainer: server.Trainer, count: int) -> None:
     deadline = time.monotonic() + 120
-    while trainer.pool.ready.qsize() < count and time.monotonic() < deadline:
+    while trainer.pool.ready.qsize() < count * server.SANDBOXES_PER_EVALUATION and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     time.sleep(3)  # the pre-started children finish importing torch
 

@@ -199,7 +199,7 @@ def sandbox_processes(trainer: server.Trainer) -> list[str]:
     """
     deadline = time.monotonic() + 60  # let the pool finish pre-starting its replacement
     while (
-        trainer.pool.ready.qsize() < trainer.config.warm or trainer.pool.starting()
+        trainer.pool.ready.qsize() < trainer.pool.size or trainer.pool.starting()
     ) and time.monotonic() < deadline:
         time.sleep(0.1)
     waiting = {getattr(sb, "uid", None) for sb in list(trainer.pool.ready.queue)}

@@ -63,7 +63,12 @@ unisolated_option = click.option(
 @click.option(
     "--threads-per-slot", default=1, show_default=True, help="CPU threads each evaluation may use."
 )
-@click.option("--warm", default=None, type=int, help="Sandboxes kept pre-started [default: slots].")
+@click.option(
+    "--warm",
+    default=None,
+    type=int,
+    help="Evaluations whose sandboxes (two each) are kept pre-started [default: slots].",
+)
 @click.option(
     "--max-queue",
     default=16,

@@ -25,6 +25,8 @@ from services.trainer.sandbox.base import Backend, Limits, Sandbox
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50052
+# An evaluation runs in two fresh sandboxes: training, then scoring (see evaluator.py).
+SANDBOXES_PER_EVALUATION = 2
 BACKENDS = ("bwrap", "docker", "process")
 
 
@@ -37,8 +39,8 @@ class TrainerConfig:
     backend: str = "bwrap"
     slots: int = 1
     threads_per_slot: int = 1
-    # Sandboxes started ahead of time, so back-to-back evaluations wait on no start-up. An
-    # evaluation takes two (training, then scoring); the pool refills while one trains.
+    # Evaluations whose sandboxes are started ahead of time, so that back-to-back evaluations
+    # wait on no start-up: the pool holds SANDBOXES_PER_EVALUATION for each.
     warm: int = 1
     max_queue: int = 16
     limits: Limits = field(default_factory=Limits)
@@ -129,7 +131,8 @@ class Trainer:
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
         self.backend = make_backend(config)
-        self.pool = WarmPool(self.backend, config.warm)
+        # Two sandboxes an evaluation (training, then scoring), each pre-started.
+        self.pool = WarmPool(self.backend, SANDBOXES_PER_EVALUATION * config.warm)
         self._slots = threading.BoundedSemaphore(config.slots)
         self._lock = threading.Lock()
         self.busy = 0
