@@ -508,7 +508,21 @@ class Search:
         if ok and c.round_index > 0 and error >= cfg.evolution.alpha:
             record.state = pb.CANDIDATE_STATE_FILTERED
             record.reason = f"validation error {error:.3f} is not below alpha {cfg.evolution.alpha}"
-        stored = self.lineage("RecordEvaluation", record).candidate
+        try:
+            stored = self.lineage("RecordEvaluation", record).candidate
+        except CallFailed as e:
+            if e.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            # The store refused this one record (a value it cannot hold): the candidate is
+            # recorded failed with the reason, and the search goes on without it.
+            refused = pb.Evaluation(
+                status=common.EVAL_STATUS_CRASHED,
+                message=f"the lineage store refused this evaluation: {e}"[:2000],
+                task=cfg.task,
+                trainer_id=evaluation.trainer_id,
+            )
+            record = pb.RecordEvaluationRequest(candidate_id=c.id, evaluation=refused)
+            stored = self.lineage("RecordEvaluation", record).candidate
         self.progress.add(training=-1)
         if stored.state == SCORED:
             if self.progress.scored(stored.id, stored.fitness):
