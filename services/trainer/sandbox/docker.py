@@ -179,6 +179,7 @@ class DockerSandbox(Sandbox):
         self.api = owner.client.api
         self.device = "cuda" if owner.gpus else "cpu"
         self.memory_bytes = owner.limits.memory_bytes
+        self.runtime = owner.runtime
         # The host-visible uid of every process in the container (no user namespace).
         self.uid = int(str(options[0]["user"]).split(":")[0])
         self._destroyed = False
@@ -268,9 +269,21 @@ class DockerSandbox(Sandbox):
                 self.api.update_container(
                     self.id, mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes
                 )
-            except (docker.errors.DockerException, requests.RequestException) as e:
-                raise RuntimeError(f"could not lower the sandbox's memory limit: {e}") from None
-            self.memory_bytes = limits.memory_bytes
+                self.memory_bytes = limits.memory_bytes
+            except docker.errors.APIError as e:
+                if not self.runtime:
+                    raise RuntimeError(f"could not lower the sandbox's memory limit: {e}") from None
+                # runsc (gVisor) cannot change a running sandbox's limits: this job's
+                # memory is bounded per process (RLIMIT_AS) and by the trainer's limit for
+                # the container. Start the trainer with the job's limit to have both.
+                _warn_once(
+                    f"the {self.runtime} runtime cannot lower a running container's memory "
+                    f"limit ({str(e.explanation or e)[:120]}); jobs asking for less than the "
+                    f"trainer's {self.memory_bytes:,} bytes get that much for the container "
+                    "and their own limit per process only"
+                )
+            except requests.RequestException as e:
+                raise _engine_error(e) from None
 
         def output_limit() -> None:
             overflow.set()
@@ -393,6 +406,15 @@ class DockerSandbox(Sandbox):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
