@@ -275,7 +275,11 @@ def trainer(request: pytest.FixtureRequest) -> Iterator[server.Trainer]:
         writable_cgroups()
     made = server.Trainer(
         server.TrainerConfig(
-            backend=backend, slots=1, warm=1, limits=Limits(wall_seconds=90, memory_bytes=2 * GIB)
+            # No warm pool: a sandbox pre-started meanwhile would count against the host.
+            backend=backend,
+            slots=1,
+            warm=0,
+            limits=Limits(wall_seconds=90, memory_bytes=2 * GIB),
         )
     )
     yield made
@@ -301,7 +305,10 @@ def test_memory_held_outside_processes_stays_within_the_sandbox_limit(
         f"{result.message!r}, host memory fell by {drop / MIB:.0f} MiB; "
         f"log: {result.log_tail[-400:]}"
     )
-    assert "HELD 3" not in result.log_tail, shown
-    if path.name != "hold_dev_shm.py":  # /dev/shm may simply be refused (bwrap: read-only)
+    print(shown.split("; log:")[0])  # the figures, for `pytest -s`
+    assert "HELD" not in result.log_tail, shown
+    if path.name in ("hold_memfd.py", "hold_sysv_shm.py"):
+        # The child holds it (or nobody does): the child goes. Elsewhere /dev/shm may simply
+        # be refused, or the kernel may kill only some of the extra interpreters.
         assert result.status in (common.EVAL_STATUS_OOM, common.EVAL_STATUS_CRASHED), shown
     assert drop <= LIMIT + SLACK, shown
