@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE = "evo-sandbox:local"
 # Set on every container this backend makes, so that leftovers can be found and removed.
 LABEL = "evo.sandbox"
+RUNSC_HINT = (
+    'configure it in the engine\'s /etc/docker/daemon.json "runtimes" (for gVisor: {"runsc": '
+    '{"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", "--network=none", '
+    '"--oci-seccomp"]}}) and reload the engine (kill -HUP its pid); see docs/security.md'
+)
 BUILD_HINT = "build it with images/sandbox/build-local.sh"
 ENGINE_HINT = "start dockerd (images/sandbox/start-docker-engine.sh) or set DOCKER_HOST"
 # The attach stream's frame header: stream id, three zero bytes, big-endian length.
@@ -102,16 +107,20 @@ class DockerBackend(Backend):
             info = self.client.info() if self.runtime else {}
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _engine_error(e) from None
-        if self.runtime and self.runtime not in (info.get("Runtimes") or {}):
+        runtimes = info.get("Runtimes") or {}
+        if self.runtime and self.runtime not in runtimes:
             raise RuntimeError(
                 f"the Docker engine has no runtime {self.runtime!r} (it has "
-                f"{', '.join(sorted(info.get('Runtimes') or {}))}): add it to the engine's "
-                'daemon configuration (/etc/docker/daemon.json "runtimes"; for gVisor: '
-                '{"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", '
-                '"--network=none"]}}) and reload the engine (kill -HUP its pid); see '
-                "docs/security.md"
+                f"{', '.join(sorted(runtimes))}): {RUNSC_HINT}"
             )
-        self.seccomp_profile = docker_profile_json()
+        args = (runtimes.get(self.runtime) or {}).get("runtimeArgs") or []
+        if self.runtime == "runsc" and "--oci-seccomp" not in args:
+            # Without it runsc ignores the container's seccomp profile: any socket family.
+            raise RuntimeError(
+                "the engine's runsc runtime lacks --oci-seccomp, so it would ignore the "
+                f"sandbox's seccomp profile: {RUNSC_HINT}"
+            )
+        self.seccomp_profile = docker_profile_json(gvisor=self.runtime == "runsc")
         try:
             self.client.ping()
         except (docker.errors.DockerException, requests.RequestException) as e:

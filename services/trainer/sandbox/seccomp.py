@@ -93,14 +93,19 @@ def known_syscalls() -> set[str]:
 
 
 @cache
-def docker_profile() -> dict[str, Any]:
+def docker_profile(gvisor: bool = False) -> dict[str, Any]:
     """The same policy as a Docker seccomp profile (`docker run --security-opt seccomp=`).
 
     Every known call is allowed except the denied ones (EPERM); clone only without
     namespace flags, clone3 ENOSYS, sockets of SOCKET_FAMILY only (EAFNOSUPPORT for the
-    rest), personality only the ordinary personas; anything unknown answers ENOSYS."""
+    rest), personality only the ordinary personas; anything unknown answers ENOSYS.
+
+    `gvisor`: for runsc, whose Sentry applies the profile (`--oci-seccomp`) but answers
+    every refusal with EPERM, whatever errno the profile names. The C library falls back
+    from clone3 to clone only on ENOSYS, so there clone3 goes to the Sentry, which
+    implements or refuses it itself: its namespaces are the Sentry's, not the host's."""
     denied = sorted(set(DENIED) | set(CONTAINER_DENIED))
-    special = {"clone", "clone3", "personality", *SOCKET_CALLS}
+    special = {"clone", "personality", *SOCKET_CALLS} | (set() if gvisor else {"clone3"})
     allowed = sorted(known_syscalls() - set(denied) - special)
     mask = sum(NAMESPACE_FLAGS)
 
@@ -116,7 +121,9 @@ def docker_profile() -> dict[str, Any]:
             # Docker's MASKED_EQ: (arg & value) == valueTwo.
             {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
              "args": arg0("SCMP_CMP_MASKED_EQ", mask, 0)},
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
+            *([] if gvisor else [
+                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS}
+            ]),
             {"names": list(SOCKET_CALLS), "action": "SCMP_ACT_ALLOW",
              "args": arg0("SCMP_CMP_EQ", SOCKET_FAMILY)},
             {"names": list(SOCKET_CALLS), "action": "SCMP_ACT_ERRNO",
@@ -128,5 +135,5 @@ def docker_profile() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def docker_profile_json() -> str:
-    return json.dumps(docker_profile(), separators=(",", ":"))
+def docker_profile_json(gvisor: bool = False) -> str:
+    return json.dumps(docker_profile(gvisor), separators=(",", ":"))
