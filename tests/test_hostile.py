@@ -22,6 +22,7 @@ from evo.v1 import trainer_pb2 as pb
 from evo.v1 import trainer_pb2_grpc as pb_grpc
 
 from services.trainer import server
+from services.trainer.sandbox import cgroups
 from services.trainer.sandbox.base import GIB, Limits
 from services.trainer.sandbox.local import SANDBOX_UID_BASE, SANDBOX_UID_COUNT
 
@@ -184,17 +185,36 @@ def served(
 
 
 def sandbox_processes(trainer: server.Trainer) -> list[str]:
-    """Processes running as a sandbox uid, other than the pre-started ones waiting for a job.
+    """This trainer's sandbox processes, other than the pre-started ones waiting for a job.
 
     A killed process is gone once the kernel has reaped it; allow a moment for that,
-    then describe whatever is left so that a failure says what it was.
+    then describe whatever is left so that a failure says what it was. Other trainers on
+    this machine (other test runs) use the same sandbox uids: a process is this trainer's
+    by its cgroup (a local sandbox's group, a container this trainer made) where the
+    host has cgroups, and by its uid alone where it has none.
     """
     deadline = time.monotonic() + 60  # let the pool finish pre-starting its replacement
     while (
         trainer.pool.ready.qsize() < trainer.config.warm or trainer.pool.starting()
     ) and time.monotonic() < deadline:
         time.sleep(0.1)
-    waiting = {getattr(sb, "uid", None) for sb in list(trainer.pool.ready.queue)}
+    ready = list(trainer.pool.ready.queue)
+    waiting = {getattr(sb, "uid", None) for sb in ready}
+    # A group's path ends its line in /proc/PID/cgroup.
+    waiting_groups = {
+        f"/{cgroups.PARENT}/{d.name}\n"
+        for sb in ready
+        if getattr(sb, "group", None)
+        for d in sb.group.dirs.values()
+    }
+    containers: set[str] = set()
+    if trainer.backend.name == "docker":
+        from services.trainer.sandbox.docker import OWNER, OWNER_LABEL
+
+        client = trainer.backend.client  # type: ignore[attr-defined]
+        made = client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={OWNER}"})
+        containers = {c.id for c in made} - {getattr(sb, "id", None) for sb in ready}
+    own_group = f"/{cgroups.PARENT}/{trainer.backend.name}-{os.getpid()}-"
     settle = time.monotonic() + 5
     while True:
         found = []
@@ -204,13 +224,19 @@ def sandbox_processes(trainer: server.Trainer) -> list[str]:
                     ln.split(":", 1) for ln in status.read_text().splitlines() if ":" in ln
                 )
                 cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                groups = (status.parent / "cgroup").read_text() + "\n"
             except OSError:
                 continue
             uid = int(fields["Uid"].split()[0])
-            if (
-                SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT
-                and uid not in waiting
-            ):
+            if not SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT:
+                continue
+            if f"/{cgroups.PARENT}/" in groups:  # a local sandbox's own group
+                mine = own_group in groups and not any(g in groups for g in waiting_groups)
+            elif "docker" in groups:
+                mine = any(c in groups for c in containers)
+            else:  # no cgroups to tell sandboxes apart
+                mine = uid not in waiting
+            if mine:
                 found.append(
                     f"pid {status.parent.name} uid {uid} state {fields['State'].strip()} "
                     f"ppid {fields['PPid'].strip()}: {cmdline.decode(errors='replace')[:200]}"

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE = "evo-sandbox:local"
 # Set on every container this backend makes, so that leftovers can be found and removed.
 LABEL = "evo.sandbox"
+# Which trainer process made it (several trainers may share an engine).
+OWNER_LABEL = "evo.sandbox.owner"
+OWNER = f"{socket.gethostname()}-{os.getpid()}"
 RUNSC_HINT = (
     'configure it in the engine\'s /etc/docker/daemon.json "runtimes" (for gVisor: {"runsc": '
     '{"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", "--network=none", '
@@ -165,7 +168,7 @@ class DockerBackend(Backend):
         create, host = docker_options(
             self.spec(uid), self.seccomp_profile, runtime=self.runtime, gpus=self.gpus
         )
-        create["labels"] = {LABEL: "1"}
+        create["labels"] = {LABEL: "1", OWNER_LABEL: OWNER}
         return create, host
 
     def start(self) -> Sandbox:
