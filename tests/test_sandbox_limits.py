@@ -353,3 +353,20 @@ def test_memory_held_outside_processes_stays_within_the_sandbox_limit(
         # be refused, or the kernel may kill only some of the extra interpreters.
         assert result.status in (common.EVAL_STATUS_OOM, common.EVAL_STATUS_CRASHED), shown
     assert drop <= LIMIT + SLACK, shown
+
+
+def test_the_trainer_says_at_start_what_no_cgroup_enforces(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where no cgroup can be written (here simulated: this host has them), starting a
+    local backend logs one WARNING naming the limits that are per process only."""
+    from services.trainer.sandbox import local
+
+    nothing = cgroups.Cgroups(0, missing=dict.fromkeys(cgroups.CONTROLLERS, "read-only"))
+    monkeypatch.setattr(local.cgroups, "detect", lambda: nothing)
+    with caplog.at_level("WARNING"):
+        backend = local.ProcessBackend(Limits())
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "NOT enforced" in record.getMessage() and "memory" in record.getMessage()
+    assert backend._group() is None and not backend.memory_by_cgroup
+    assert "--as=" in " ".join(backend.argv())  # memory is then RLIMIT_AS's job

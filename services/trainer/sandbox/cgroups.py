@@ -286,7 +286,20 @@ def detect() -> Cgroups:
         except OSError as e:
             found.missing[controller] = f"cannot create a cgroup ({e.strerror or e})"
     found.version = versions.get("memory") or next(iter(versions.values()), 0)
+    for parent in set(found.parents.values()):
+        _sweep(parent)
     return found
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the groups of trainers that died without removing them (named
+    `<backend>-<trainer pid>-<n>`), killing what they still hold."""
+    for group in parent.iterdir():
+        name = group.name.split("-")
+        if not group.is_dir() or len(name) != 3 or not name[1].isdigit():
+            continue
+        if not Path(f"/proc/{name[1]}").exists():
+            SandboxCgroup({"any": group}).remove()
 
 
 def _v1_parent(own: Path) -> Path:

@@ -164,11 +164,14 @@ class ProcessBackend(LocalBackend):
     name = "process"
     isolated = False
 
-    def start(self) -> CgroupSandbox:
+    def argv(self) -> list[str]:
         spec = SandboxSpec(
             python=sys.executable,
             limits=self.limits,
             threads=self.threads,
             memory_by_cgroup=self.memory_by_cgroup,
         )
-        return self._start(process_argv(spec), None)
+        return process_argv(spec)
+
+    def start(self) -> CgroupSandbox:
+        return self._start(self.argv(), None)
