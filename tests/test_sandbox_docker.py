@@ -16,8 +16,9 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import trainer_pb2 as pb
 
 from services.trainer.evaluator import Job, evaluate, judge
+from services.trainer.sandbox import seccomp
 from services.trainer.sandbox.base import GIB, MIB, Limits, RawRun
-from services.trainer.sandbox.local import child_env
+from services.trainer.sandbox.template import SHM_BYTES, child_env
 
 try:
     import docker
@@ -111,6 +112,10 @@ def test_container_is_locked_down(backend: "DockerBackend") -> None:
         assert host["ReadonlyRootfs"] is True
         assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
         assert "no-new-privileges" in host["SecurityOpt"]
+        # The sandbox's own seccomp profile (AF_UNIX sockets only), not the engine's default.
+        (profile,) = [o for o in host["SecurityOpt"] if o.startswith("seccomp=")]
+        assert json.loads(profile.removeprefix("seccomp=")) == seccomp.docker_profile()
+        assert host["ShmSize"] == SHM_BYTES
         assert host["Privileged"] is False
         assert host["PidsLimit"] == backend.limits.max_processes
         assert host["Memory"] == host["MemorySwap"] == backend.limits.memory_bytes
@@ -151,6 +156,14 @@ try:
     outbound = True
 except OSError:
     outbound = False
+families = {}
+for name, family in (("unix", socket.AF_UNIX), ("inet", socket.AF_INET), ("vsock", 40),
+                     ("netlink", 16), ("packet", 17)):
+    try:
+        socket.socket(family, socket.SOCK_DGRAM if family != 17 else socket.SOCK_RAW).close()
+        families[name] = "opened"
+    except OSError as e:
+        families[name] = e.errno
 facts = {
     "uid": os.getuid(),
     "gid": os.getgid(),
@@ -163,7 +176,8 @@ facts = {
     "write_usr": can_write("/usr"),
     "write_etc": can_write("/etc"),
     "write_tmp": can_write("/tmp"),
-    "interfaces": sorted(name for _, name in socket.if_nameindex()),
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "families": families,
     "outbound": outbound,
     "docker_sock": [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)],
     "sock_mounts": [l for l in open("/proc/self/mountinfo") if "docker.sock" in l],
@@ -191,6 +205,11 @@ def test_candidate_sees_a_locked_down_container(backend: "DockerBackend") -> Non
     assert facts["write_tmp"]
     assert facts["interfaces"] == ["lo"]
     assert not facts["outbound"]
+    eafnosupport = 97
+    assert facts["families"] == {
+        "unix": "opened", "inet": eafnosupport, "vsock": eafnosupport,
+        "netlink": eafnosupport, "packet": eafnosupport,
+    }  # fmt: skip
     assert facts["docker_sock"] == [] and facts["sock_mounts"] == []
     # Exactly the child's environment; the engine adds HOSTNAME, which names nothing real.
     assert facts["env"].pop("HOSTNAME") == "sandbox"
@@ -300,3 +319,55 @@ def test_a_clrs_triplet_function_trains_in_the_container(backend: "DockerBackend
     assert response.status == common.EVAL_STATUS_OK, response
     assert response.metrics.best_val_accuracy > 0.6
     assert response.sandbox.backend == "docker"
+
+
+# --- gVisor: the same container under runsc, where the engine has it ------------------
+
+KERNEL_PROBE = "import os\nprint('KERNEL', os.uname().release, flush=True)\n" + TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def runsc_backend(backend: "DockerBackend") -> Iterator["DockerBackend"]:
+    runtimes = backend.client.info().get("Runtimes") or {}
+    if "runsc" not in runtimes:
+        if os.environ.get("EVO_SANDBOX_RUNTIME") == "runsc":
+            pytest.fail("EVO_SANDBOX_RUNTIME=runsc but the engine has no runsc runtime")
+        pytest.skip(
+            "the Docker engine has no runsc runtime (docs/security.md: apt-get install runsc, "
+            "add it to /etc/docker/daemon.json, kill -HUP dockerd)"
+        )
+    # runsc cannot lower a running container's memory limit per job: start it at 1 GiB.
+    limits = Limits(wall_seconds=120, memory_bytes=1 * GIB, max_processes=64)
+    yield DockerBackend(limits, threads=1, client=backend.client, runtime="runsc")
+
+
+def test_an_unknown_runtime_says_how_to_add_it(backend: "DockerBackend") -> None:
+    with pytest.raises(RuntimeError, match=r"daemon\.json"):
+        DockerBackend(backend.limits, client=backend.client, runtime="no-such-runtime")
+
+
+def test_runsc_runs_the_candidate_on_gvisors_kernel(runsc_backend: "DockerBackend") -> None:
+    sandbox = runsc_backend.start()
+    try:
+        attrs = runsc_backend.client.api.inspect_container(sandbox.id)  # type: ignore[attr-defined]
+        assert attrs["HostConfig"]["Runtime"] == "runsc"
+    finally:
+        sandbox.destroy()
+    response, _ = run_job(runsc_backend, KERNEL_PROBE, steps=10, wall_seconds=90)
+    assert response.status == common.EVAL_STATUS_OK, (response.message, response.log_tail)
+    kernel = next(x for x in response.log_tail.splitlines() if x.startswith("KERNEL "))
+    # gVisor's Sentry answers system calls itself and names its own kernel version.
+    assert kernel.split()[1] != os.uname().release
+
+
+def test_runsc_trains_and_scores_the_cnn(runsc_backend: "DockerBackend") -> None:
+    response, _ = run_job(runsc_backend, CNN.read_text(), steps=300, wall_seconds=120)
+    assert response.status == common.EVAL_STATUS_OK, (response.message, response.log_tail)
+    assert response.metrics.steps_completed == 300 and response.metrics.test_accuracy > 0.3
+
+
+def test_runsc_contains_a_memory_bomb(runsc_backend: "DockerBackend") -> None:
+    response, _ = run_job(
+        runsc_backend, MEMORY_BOMB, steps=10, wall_seconds=60, memory_bytes=1 * GIB
+    )
+    assert response.status in (common.EVAL_STATUS_OOM, common.EVAL_STATUS_CRASHED), response

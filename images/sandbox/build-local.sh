@@ -7,9 +7,9 @@
 #   images/sandbox/build-local.sh                 # uses .venv/bin/python
 #   EVO_SANDBOX_PYTHON=/opt/venv/bin/python EVO_SANDBOX_IMAGE=evo-sandbox:dev images/sandbox/build-local.sh
 #
-# Rebuild after changing the sandbox's modules (services/trainer/child.py, clrs_child.py,
-# clrs_lib.py, protocol.py): the image records their hash
-# and the backend refuses an image whose child differs from the trainer's.
+# Rebuild after changing the sandbox's modules (services/trainer/child.py and every
+# services module it imports; services/trainer/sandbox/imports.py finds them): the image
+# records their hash and the backend refuses an image whose child differs from the trainer's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,8 +30,8 @@ docker info >/dev/null 2>&1 || die "no Docker engine: run images/sandbox/start-d
 python_in_image=$("${PYTHON}" -c 'import sys; print(sys.executable)')
 # The container mounts its own tmpfs on /tmp, which would hide a venv that lives there.
 [[ ${python_in_image} != /tmp/* ]] || die "the venv is under /tmp (${python_in_image}), which the sandbox's own /tmp hides: use a checkout elsewhere"
-# The sandbox's modules, hashed in services/trainer/sandbox/docker.py's CHILD_FILES order.
-child_sha=$(cat services/trainer/{child,clrs_child,clrs_lib,protocol}.py | sha256sum | cut -d' ' -f1)
+# The sandbox's modules, hashed as services/trainer/sandbox/docker.py compares them.
+child_sha=$("${PYTHON}" -c "from services.trainer.sandbox.docker import child_sha256; print(child_sha256())")
 old_id=$(docker image inspect -f '{{.Id}}' "${IMAGE}" 2>/dev/null || true)
 started=${SECONDS}
 

@@ -14,7 +14,6 @@ in: no shell, no /root contents beyond the interpreter, no engine socket, no dat
 """
 
 import argparse
-import importlib.metadata as md
 import io
 import os
 import re
@@ -27,26 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-try:
-    from packaging.requirements import Requirement
-except ImportError:  # pragma: no cover - pip always vendors it
-    from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
-
 REPO = Path(__file__).resolve().parents[2]
-# What the child imports from this project (services/trainer/child.py and its parents).
-CHILD_MODULES = [
-    "services/__init__.py",
-    "services/trainer/__init__.py",
-    "services/trainer/child.py",
-    "services/trainer/clrs_child.py",
-    "services/trainer/clrs_lib.py",
-    "services/trainer/protocol.py",
-]
-ROOT_PACKAGES = ["torch", "numpy"]
-# The CLRS runner, where the clrs extra is installed: dm-clrs, JAX and Haiku, but not
-# TensorFlow or tfds, which the runner never imports (services/trainer/clrs_lib.py).
-CLRS_ROOT = "dm-clrs"
-NOT_NEEDED = {"tensorflow", "tfds-nightly", "tensorflow-datasets"}
+sys.path.insert(0, str(REPO))  # run as a script: the import tree is defined in the package
+from services.trainer.sandbox.imports import child_modules, import_tree  # noqa: E402
+
 # Never needed at run time: headers, C++ test binaries, the standard library's own tests.
 SKIP_PARTS = {
     "torch/include", "torch/test", "torch/bin", "torch/share",
@@ -124,26 +107,6 @@ class RootFS:
         return os.path.realpath(path) in self.entries
 
 
-def closure(roots: list[str]) -> list[md.Distribution]:
-    """The distributions `roots` need at run time (markers evaluated, extras left out)."""
-    seen: dict[str, md.Distribution] = {}
-    todo = list(roots)
-    while todo:
-        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
-        if name in seen or name in NOT_NEEDED:
-            continue
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            raise SystemExit(f"rootfs: {name} is not installed in {sys.prefix}") from None
-        seen[name] = dist
-        for spec in dist.requires or []:
-            req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return list(seen.values())
-
-
 def elf_needs(paths: list[str]) -> set[str]:
     """Every shared library (and the loader) these ELF files resolve to on this host."""
 
@@ -177,18 +140,11 @@ def build(fs: RootFS) -> Path:
     fs.entries.setdefault(str(stdlib / "site-packages"), "dir")
     if (base / "include").is_dir():
         fs.entries.setdefault(str(base / "include"), "dir")
-    # The venv's site-packages: only what torch and numpy (and the CLRS runner) need.
+    # The venv's site-packages: only what torch and numpy (and the CLRS runner) need,
+    # the same tree the bwrap backend binds (services/trainer/sandbox/imports.py).
     fs.entries.setdefault(str(site), "dir")
-    roots = list(ROOT_PACKAGES)
-    try:
-        md.distribution(CLRS_ROOT)
-        roots.append(CLRS_ROOT)
-    except md.PackageNotFoundError:
-        pass
-    for dist in closure(roots):
-        tops = {Path(str(f)).parts[0] for f in dist.files or []}
-        for top in sorted(t for t in tops if t != ".." and (site / t).exists()):
-            fs.add(str(site / top), skip=SKIP_PARTS)
+    for entry in import_tree().site_entries:
+        fs.add(str(entry), skip=SKIP_PARTS)
     for keep in KEEP_FROM_SKIPPED:
         if (site / keep).exists():
             fs.add(str(site / keep))
@@ -232,7 +188,7 @@ def write(fs: RootFS, site: Path, out: BinaryIO) -> None:
         synthetic("/etc/group", group.encode()),
     ]
     # The child's modules go straight into site-packages: no editable-install finder needed.
-    for rel in CHILD_MODULES:
+    for rel in child_modules(REPO):
         parts = Path(rel).parts
         for i in range(1, len(parts)):
             parent = synthetic(str(site.joinpath(*parts[:i])), mode=0o755, dir=True)

@@ -20,10 +20,14 @@ anything it did not create. The candidate inside the sandbox is then under the
 trainer's own, stricter filter (services/trainer/sandbox/seccomp.py), which refuses
 namespaces and mounts again; seccomp filters stack and the strictest answer wins.
 
-    .venv/bin/python images/trainer/seccomp_profile.py     # rewrites both copies
+    .venv/bin/python images/trainer/seccomp_profile.py     # rewrites all three files
 
 The profile goes to images/trainer/ (for `docker run --security-opt seccomp=...`) and to
 k8s/node/ (to install under the kubelet's seccomp directory on each trainer node).
+
+It also writes images/sandbox/evo-sandbox-seccomp.json: the profile the docker sandbox
+backend gives each candidate's container (services/trainer/sandbox/seccomp.py builds it
+at run time; the file shows it to operators and lets `docker run` use it by hand).
 """
 
 import errno
@@ -32,8 +36,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script: the sandbox's policy is in the package
 NAME = "evo-trainer-bwrap.json"
 OUTPUTS = [REPO / "images/trainer" / NAME, REPO / "k8s/node" / NAME]
+SANDBOX_OUTPUT = REPO / "images/sandbox/evo-sandbox-seccomp.json"
 
 DENIED = sorted(
     {
@@ -66,18 +72,9 @@ PERSONAS = [0x0, 0x20000, 0x8, 0x20008, 0xFFFFFFFF]
 
 def known_syscalls() -> set[str]:
     """Every name libseccomp resolves on x86_64 and aarch64."""
-    import pyseccomp as sc
+    from services.trainer.sandbox.seccomp import known_syscalls as known
 
-    names: set[str] = set()
-    for arch in (sc.Arch.X86_64, sc.Arch.AARCH64):
-        for number in range(1024):
-            try:
-                name = sc.resolve_syscall(arch, number)
-            except (ValueError, OSError):
-                continue
-            if name:
-                names.add(name.decode() if isinstance(name, bytes) else str(name))
-    return names
+    return known()
 
 
 def profile(names: set[str]) -> dict[str, object]:
@@ -104,10 +101,13 @@ def profile(names: set[str]) -> dict[str, object]:
 
 
 def main() -> None:
+    from services.trainer.sandbox.seccomp import docker_profile
+
     text = json.dumps(profile(known_syscalls()), indent=1) + "\n"
-    for out in OUTPUTS:
+    sandbox = json.dumps(docker_profile(), indent=1) + "\n"
+    for out, content in [*((o, text) for o in OUTPUTS), (SANDBOX_OUTPUT, sandbox)]:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        out.write_text(content)
         print(f"wrote {out.relative_to(REPO)}", file=sys.stderr)
 
 

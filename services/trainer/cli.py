@@ -25,6 +25,7 @@ def _config(
     time_limit: float,
     memory_mb: int,
     allow_unisolated: bool,
+    docker_runtime: str = "",
 ):  # type: ignore[no-untyped-def]
     from services.trainer.sandbox.base import MIB, Limits
     from services.trainer.server import TrainerConfig
@@ -37,6 +38,7 @@ def _config(
         max_queue=max_queue,
         limits=Limits(wall_seconds=time_limit, memory_bytes=memory_mb * MIB),
         allow_unisolated=allow_unisolated or os.environ.get("EVO_ALLOW_UNISOLATED") == "1",
+        docker_runtime=docker_runtime,
     )
 
 
@@ -47,6 +49,13 @@ backend_option = click.option(
     show_default="bwrap ($EVO_SANDBOX)",
     help="bwrap: bubblewrap namespaces; docker: a container per evaluation; "
     "process: no isolation, development only.",
+)
+runtime_option = click.option(
+    "--docker-runtime",
+    default=lambda: os.environ.get("EVO_SANDBOX_RUNTIME", ""),
+    show_default="the engine's default ($EVO_SANDBOX_RUNTIME)",
+    help="The docker backend's container runtime, e.g. runsc (gVisor), as named in the "
+    "engine's daemon configuration. See docs/security.md.",
 )
 unisolated_option = click.option(
     "--allow-unisolated",
@@ -87,6 +96,7 @@ unisolated_option = click.option(
     show_default=True,
     help="Most memory any evaluation may ask for.",
 )
+@runtime_option
 @unisolated_option
 @click.option("--log-level", default=None)
 def serve_trainer(
@@ -99,6 +109,7 @@ def serve_trainer(
     max_queue: int,
     time_limit: float,
     memory_limit_mb: int,
+    docker_runtime: str,
     allow_unisolated: bool,
     log_level: str | None,
 ) -> None:
@@ -117,6 +128,7 @@ def serve_trainer(
         time_limit,
         memory_limit_mb,
         allow_unisolated,
+        docker_runtime,
     )
     try:
         trainer = server.Trainer(config)
@@ -124,7 +136,10 @@ def serve_trainer(
     except (RuntimeError, OSError) as e:
         _fail(str(e))
     click.echo(
-        f"trainer serving on {host}:{service.port} ({backend} sandbox, {slots} slots)", err=True
+        f"trainer serving on {host}:{service.port} ({backend} sandbox"
+        + (f", runtime {docker_runtime}" if docker_runtime and backend == "docker" else "")
+        + f", {slots} slots)",
+        err=True,
     )
     grpc_server.serve_forever(service)
     trainer.close()
@@ -146,6 +161,7 @@ def sandbox() -> None:
 @click.option("--time-limit", default=600.0, show_default=True, help="Wall-clock seconds.")
 @click.option("--memory-limit", "memory_mb", default=4096, show_default=True, help="MB.")
 @click.option("--threads", default=1, show_default=True)
+@runtime_option
 @unisolated_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sandbox_run(
@@ -157,6 +173,7 @@ def sandbox_run(
     time_limit: float,
     memory_mb: int,
     threads: int,
+    docker_runtime: str,
     allow_unisolated: bool,
     as_json: bool,
 ) -> None:
@@ -166,7 +183,9 @@ def sandbox_run(
     from services.trainer.evaluator import BadRequest
     from services.trainer.server import Trainer
 
-    config = _config(backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated)
+    config = _config(
+        backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated, docker_runtime
+    )
     request = pb.EvaluateRequest(
         # The task decides the language (PyTorch for mnist1d, JAX for clrs/*).
         program=pb.Program(code=file.read_text(errors="replace")),

@@ -45,6 +45,8 @@ class TrainerConfig:
     max_queue: int = 16
     limits: Limits = field(default_factory=Limits)
     allow_unisolated: bool = False
+    # The docker backend's container runtime ("runsc": gVisor); the engine's default if empty.
+    docker_runtime: str = ""
     trainer_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -56,7 +58,9 @@ def make_backend(config: TrainerConfig) -> Backend:
     if config.backend == "docker":
         from services.trainer.sandbox.docker import DockerBackend
 
-        return DockerBackend(config.limits, config.threads_per_slot)
+        return DockerBackend(
+            config.limits, config.threads_per_slot, runtime=config.docker_runtime or None
+        )
     if config.backend == "process":
         if not config.allow_unisolated:
             raise RuntimeError(
@@ -65,8 +69,23 @@ def make_backend(config: TrainerConfig) -> Backend:
             )
         from services.trainer.sandbox.local import ProcessBackend
 
+        log.warning(
+            "process backend: candidates run UNISOLATED (the filesystem, the network and "
+            "this machine's other processes are theirs to reach); development only"
+        )
         return ProcessBackend(config.limits, config.threads_per_slot)
     raise RuntimeError(f"unknown sandbox backend {config.backend!r}; choose one of {BACKENDS}")
+
+
+def check_config(config: TrainerConfig) -> None:
+    """Say so at start when a setting will not apply."""
+    if config.docker_runtime and config.backend != "docker":
+        log.warning(
+            "the docker runtime %r ($EVO_SANDBOX_RUNTIME, --docker-runtime) applies to the "
+            "docker backend only; the %s backend ignores it",
+            config.docker_runtime,
+            config.backend,
+        )
 
 
 class WarmPool:
@@ -130,6 +149,7 @@ class WarmPool:
 class Trainer:
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
+        check_config(config)
         self.backend = make_backend(config)
         # Two sandboxes an evaluation (training, then scoring), each pre-started.
         self.pool = WarmPool(self.backend, SANDBOXES_PER_EVALUATION * config.warm)

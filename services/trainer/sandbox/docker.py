@@ -1,10 +1,13 @@
 """The docker sandbox: a fresh container per evaluation, through the Docker SDK.
 
 Each sandbox is one container of the sandbox image (images/sandbox/build-local.sh)
-running the child. The container has no network, a read-only root with a size-capped
-/tmp, no capabilities, no way to gain privileges, an unprivileged uid, and pids,
-memory and CPU limits; GPUs are passed through device requests only when asked for.
-The engine's socket is never mounted into it: nothing is mounted but /tmp.
+running the child, as template.docker_options renders it: no network, a read-only root
+with a size-capped /tmp, no capabilities, no way to gain privileges, the seccomp profile
+of seccomp.py, an unprivileged uid, and pids, memory and CPU limits from the engine's
+cgroup; GPUs are passed through device requests only when asked for. The engine's
+socket is never mounted into it: nothing is mounted but /tmp. With a runtime such as
+runsc (gVisor; `--docker-runtime`, EVO_SANDBOX_RUNTIME) the candidate's system calls go
+to a user-space kernel instead of the host's.
 
 The child's stdin, stdout and stderr travel over the engine's attach stream, which
 multiplexes stdout and stderr; a thread splits them into two pipes so that the same
@@ -23,7 +26,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import docker
@@ -31,7 +33,6 @@ import docker.errors
 import docker.types
 import requests
 
-import services.trainer.child
 from services.trainer.sandbox.base import (
     Backend,
     FrameReader,
@@ -43,25 +44,38 @@ from services.trainer.sandbox.base import (
     result_cap,
     send_job,
 )
-from services.trainer.sandbox.local import (
-    CHILD,
-    SANDBOX_UID_BASE,
-    SANDBOX_UID_COUNT,
-    child_env,
-)
+from services.trainer.sandbox.imports import PROJECT_ROOT, child_modules
+from services.trainer.sandbox.local import SANDBOX_UID_BASE, SANDBOX_UID_COUNT
+from services.trainer.sandbox.seccomp import docker_profile_json
+from services.trainer.sandbox.template import SandboxSpec, docker_options
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "evo-sandbox:local"
 # Set on every container this backend makes, so that leftovers can be found and removed.
 LABEL = "evo.sandbox"
-# The modules the image carries for the child; its label hashes them in this order.
-CHILD_FILES = ("child.py", "clrs_child.py", "clrs_lib.py", "protocol.py")
+# Which trainer process made it (several trainers may share an engine).
+OWNER_LABEL = "evo.sandbox.owner"
+OWNER = f"{socket.gethostname()}-{os.getpid()}"
+RUNSC_HINT = (
+    'configure it in the engine\'s /etc/docker/daemon.json "runtimes" (for gVisor: {"runsc": '
+    '{"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", "--network=none", '
+    '"--oci-seccomp"]}}) and reload the engine (kill -HUP its pid); see docs/security.md'
+)
 BUILD_HINT = "build it with images/sandbox/build-local.sh"
 ENGINE_HINT = "start dockerd (images/sandbox/start-docker-engine.sh) or set DOCKER_HOST"
 # The attach stream's frame header: stream id, three zero bytes, big-endian length.
 _HEADER = struct.Struct(">BxxxL")
 _STDOUT, _STDERR = 1, 2
+
+
+def child_sha256() -> str:
+    """The hash of this project's modules the sandbox runs (imports.child_modules, in
+    order): the image records it when built, and the backend compares."""
+    digest = hashlib.sha256()
+    for rel in child_modules():
+        digest.update(rel.encode() + b"\0" + (PROJECT_ROOT / rel).read_bytes())
+    return digest.hexdigest()
 
 
 def _engine_error(e: Exception) -> RuntimeError:
@@ -83,14 +97,35 @@ class DockerBackend(Backend):
         image: str | None = None,
         gpus: bool | None = None,
         client: docker.DockerClient | None = None,
+        runtime: str | None = None,
     ) -> None:
         super().__init__(limits, threads)
         self.image = image or os.environ.get("EVO_SANDBOX_IMAGE") or DEFAULT_IMAGE
         if gpus is None:
             gpus = os.environ.get("EVO_SANDBOX_GPUS", "").lower() in ("1", "true", "yes")
         self.gpus = gpus
+        # The engine's default runtime (runc) when empty.
+        self.runtime = runtime or os.environ.get("EVO_SANDBOX_RUNTIME") or ""
         try:
             self.client = client or docker.from_env()
+            info = self.client.info() if self.runtime else {}
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _engine_error(e) from None
+        runtimes = info.get("Runtimes") or {}
+        if self.runtime and self.runtime not in runtimes:
+            raise RuntimeError(
+                f"the Docker engine has no runtime {self.runtime!r} (it has "
+                f"{', '.join(sorted(runtimes))}): {RUNSC_HINT}"
+            )
+        args = (runtimes.get(self.runtime) or {}).get("runtimeArgs") or []
+        if self.runtime == "runsc" and "--oci-seccomp" not in args:
+            # Without it runsc ignores the container's seccomp profile: any socket family.
+            raise RuntimeError(
+                "the engine's runsc runtime lacks --oci-seccomp, so it would ignore the "
+                f"sandbox's seccomp profile: {RUNSC_HINT}"
+            )
+        self.seccomp_profile = docker_profile_json(gvisor=self.runtime == "runsc")
+        try:
             self.client.ping()
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _engine_error(e) from None
@@ -106,13 +141,11 @@ class DockerBackend(Backend):
         self.python = labels.get("evo.sandbox.python") or "python3"
         # The image carries its own copy of the child; a different one speaks another protocol.
         built = labels.get("evo.sandbox.child_sha256")
-        here = Path(services.trainer.child.__file__).parent
-        ours = hashlib.sha256(b"".join((here / f).read_bytes() for f in CHILD_FILES)).hexdigest()
-        if built and built != ours:
+        if built and built != child_sha256():
             raise RuntimeError(
                 f"the docker sandbox image {self.image} holds another version of the "
-                f"sandbox's modules ({', '.join(CHILD_FILES)}) than this trainer: rebuild it "
-                f"({BUILD_HINT})"
+                f"sandbox's modules ({', '.join(child_modules())}) than this trainer: "
+                f"rebuild it ({BUILD_HINT})"
             )
 
     def _next_uid(self) -> int:
@@ -121,51 +154,22 @@ class DockerBackend(Backend):
         with self._uid_lock:
             return SANDBOX_UID_BASE + next(self._uids) % SANDBOX_UID_COUNT
 
+    def spec(self, uid: int) -> SandboxSpec:
+        # The image holds the import tree (images/sandbox/rootfs.py, from imports.py).
+        return SandboxSpec(
+            python=self.python,
+            limits=self.limits,
+            threads=self.threads,
+            uid=uid,
+            memory_by_cgroup=True,  # the container's cgroup, shared memory included
+        )
+
     def container_options(self, uid: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """What `create_container` and `create_host_config` are given (see the module
-        docstring for why each is there)."""
-        lim = self.limits
-        cpu = int(lim.wall_seconds * max(self.threads, 1)) + 60
-        create: dict[str, Any] = {
-            "command": [self.python, *CHILD],
-            "user": f"{uid}:{uid}",
-            "environment": child_env(self.threads),
-            "working_dir": "/tmp",
-            "hostname": "sandbox",
-            "labels": {LABEL: "1"},
-            "stdin_open": True,
-            "detach": False,  # with stdin_open: StdinOnce, so stdin closes after the job
-            "tty": False,
-        }
-        host: dict[str, Any] = {
-            "auto_remove": False,
-            "network_mode": "none",
-            "read_only": True,
-            # exec stays allowed: torch and numpy may write and load small helpers there.
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={lim.scratch_bytes},mode=1777"},
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            # No init: the child is PID 1. An init (tini) would run as the sandbox uid too,
-            # so the candidate could ptrace-stop it; PID 1 has no parent to attack, and
-            # when it exits the kernel kills everything left in the container.
-            "init": False,
-            "pids_limit": lim.max_processes,
-            "mem_limit": lim.memory_bytes,
-            "memswap_limit": lim.memory_bytes,  # no swap
-            "nano_cpus": max(self.threads, 1) * 1_000_000_000,
-            "ulimits": [
-                docker.types.Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
-                docker.types.Ulimit(name="fsize", soft=lim.file_bytes, hard=lim.file_bytes),
-                docker.types.Ulimit(name="cpu", soft=cpu, hard=cpu),
-                docker.types.Ulimit(name="core", soft=0, hard=0),
-            ],
-            "ipc_mode": "private",
-            # The attach stream is the only reader; the engine keeps no copy of the
-            # candidate's output (a flood would otherwise fill the host's disk).
-            "log_config": docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
-        }
-        if self.gpus:
-            host["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        """What `create_container` and `create_host_config` are given."""
+        create, host = docker_options(
+            self.spec(uid), self.seccomp_profile, runtime=self.runtime, gpus=self.gpus
+        )
+        create["labels"] = {LABEL: "1", OWNER_LABEL: OWNER}
         return create, host
 
     def start(self) -> Sandbox:
@@ -188,6 +192,7 @@ class DockerSandbox(Sandbox):
         self.api = owner.client.api
         self.device = "cuda" if owner.gpus else "cpu"
         self.memory_bytes = owner.limits.memory_bytes
+        self.runtime = owner.runtime
         # The host-visible uid of every process in the container (no user namespace).
         self.uid = int(str(options[0]["user"]).split(":")[0])
         self._destroyed = False
@@ -277,9 +282,21 @@ class DockerSandbox(Sandbox):
                 self.api.update_container(
                     self.id, mem_limit=limits.memory_bytes, memswap_limit=limits.memory_bytes
                 )
-            except (docker.errors.DockerException, requests.RequestException) as e:
-                raise RuntimeError(f"could not lower the sandbox's memory limit: {e}") from None
-            self.memory_bytes = limits.memory_bytes
+                self.memory_bytes = limits.memory_bytes
+            except docker.errors.APIError as e:
+                if not self.runtime:
+                    raise RuntimeError(f"could not lower the sandbox's memory limit: {e}") from None
+                # runsc (gVisor) cannot change a running sandbox's limits: this job's
+                # memory is bounded per process (RLIMIT_AS) and by the trainer's limit for
+                # the container. Start the trainer with the job's limit to have both.
+                _warn_once(
+                    f"the {self.runtime} runtime cannot lower a running container's memory "
+                    f"limit ({str(e.explanation or e)[:120]}); jobs asking for less than the "
+                    f"trainer's {self.memory_bytes:,} bytes get that much for the container "
+                    "and their own limit per process only"
+                )
+            except requests.RequestException as e:
+                raise _engine_error(e) from None
 
         def output_limit() -> None:
             overflow.set()
@@ -403,6 +420,15 @@ class DockerSandbox(Sandbox):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes | None:

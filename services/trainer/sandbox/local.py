@@ -1,70 +1,113 @@
-"""Local sandboxes: bubblewrap (the default on Linux) and a plain process (development only)."""
+"""Local sandboxes: bubblewrap (the default on Linux) and a plain process (development only).
+
+Both render a `SandboxSpec` (template.py) into a command, and both put each sandbox in
+its own cgroup (cgroups.py) where the host lets the trainer create one: memory, processes
+and CPU are then limited for the sandbox as a whole, not per process.
+"""
 
 import itertools
+import logging
 import os
 import shutil
 import sys
 import threading
-from pathlib import Path
 
-import services
-from services.trainer.sandbox.base import Backend, Limits, ProcessSandbox, Sandbox
+from services.trainer.sandbox import cgroups
+from services.trainer.sandbox.base import Backend, Limits, ProcessSandbox, ProgressFn, RawRun
+from services.trainer.sandbox.imports import import_tree
 from services.trainer.sandbox.seccomp import filter_fd
+from services.trainer.sandbox.template import (
+    SandboxSpec,
+    bwrap_argv,
+    child_env,
+    prlimit_argv,
+    process_argv,
+)
 
-CHILD = ["-I", "-B", "-m", "services.trainer.child"]
+log = logging.getLogger(__name__)
+
 # Each sandbox runs as its own unprivileged uid from this range, so that the
 # process limit (counted per uid by the kernel) of one cannot starve another.
 SANDBOX_UID_BASE = 61000
 SANDBOX_UID_COUNT = 1000
+_names = itertools.count()
 
 
-def child_env(threads: int) -> dict[str, str]:
-    """The whole environment a candidate sees: nothing of the trainer's."""
-    n = str(threads)
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/tmp",
-        "TMPDIR": "/tmp",
-        "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONHASHSEED": "0",
-        "OMP_NUM_THREADS": n,
-        "MKL_NUM_THREADS": n,
-        "OPENBLAS_NUM_THREADS": n,
-    }
+class CgroupSandbox(ProcessSandbox):
+    """A local sandbox in its own cgroup: the job's limits are set on the group before
+    the job is sent, an OOM kill is read from it, and destroying the sandbox kills
+    whatever the group still holds (also processes that left its process group)."""
+
+    def __init__(self, argv: list[str], group: cgroups.SandboxCgroup | None, **kw) -> None:  # type: ignore[no-untyped-def]
+        self.group = group
+        self.memory_peak_bytes = 0
+        try:
+            super().__init__(argv, **kw)
+        except BaseException:
+            if group is not None:
+                group.remove()
+            raise
+
+    def run(self, job: bytes, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun:
+        if self.group is not None:
+            # Started with the trainer's maximum; this job may ask for less.
+            self.group.set_limits(limits.memory_bytes, limits.max_processes, 0)
+        out = super().run(job, limits, on_progress)
+        if self.group is not None:
+            out.oom_killed = self.group.oom_killed()
+            self.memory_peak_bytes = self.group.peak_bytes()
+        return out
+
+    def destroy(self) -> None:
+        super().destroy()
+        if self.group is not None:
+            self.group.remove()
 
 
-def rlimit_prefix(limits: Limits, threads: int) -> list[str]:
-    """`prlimit` with the trainer's maximum limits; the child lowers them per job.
+class LocalBackend(Backend):
+    """What the bwrap and process backends share: a cgroup per sandbox where possible."""
 
-    A command, not a preexec function: Python code between fork and exec in a
-    multi-threaded server (gRPC) can crash or deadlock the child.
-    """
-    prlimit = shutil.which("prlimit")
-    if not prlimit:
-        raise RuntimeError("sandboxes need prlimit: apt-get install util-linux")
-    cpu = int(limits.wall_seconds * max(threads, 1)) + 60
-    return [
-        prlimit,
-        f"--as={limits.memory_bytes}",
-        f"--cpu={cpu}",
-        f"--fsize={limits.file_bytes}",
-        f"--nofile={limits.open_files}",
-        "--core=0",
-        "--",
-    ]
+    def __init__(self, limits: Limits, threads: int = 1) -> None:
+        super().__init__(limits, threads)
+        self.cgroups = cgroups.detect()
+        self.shell = shutil.which("sh") or "/bin/sh"
+        if warning := self.cgroups.warning():
+            log.warning("%s backend: %s", self.name, warning)
+        else:
+            log.info(
+                "%s backend: each sandbox gets its own cgroup (v%d: %s)",
+                self.name,
+                self.cgroups.version,
+                ", ".join(sorted(self.cgroups.enforced)),
+            )
+
+    @property
+    def memory_by_cgroup(self) -> bool:
+        return "memory" in self.cgroups.enforced
+
+    def _group(self) -> cgroups.SandboxCgroup | None:
+        group = self.cgroups.create(f"{self.name}-{os.getpid()}-{next(_names)}")
+        if group is not None:
+            group.set_limits(self.limits.memory_bytes, self.limits.max_processes, self.threads)
+        return group
+
+    def _start(self, argv: list[str], uid: int | None, **kw) -> CgroupSandbox:  # type: ignore[no-untyped-def]
+        group = self._group()
+        prefix = group.join_prefix(self.shell) if group is not None else []
+        sandbox = CgroupSandbox(
+            prefix + argv,
+            group,
+            env=child_env(self.threads),
+            backend=self.name,
+            isolated=self.isolated,
+            **kw,
+        )
+        sandbox.uid = uid
+        return sandbox
 
 
-def python_paths() -> list[str]:
-    """What the child needs to run: the interpreter, the environment, this package."""
-    paths = {sys.base_prefix, sys.prefix, str(Path(services.__file__).resolve().parent)}
-    return sorted(p for p in paths if os.path.isdir(p))
-
-
-class BwrapBackend(Backend):
-    """bubblewrap: new PID, network, IPC and UTS namespaces, read-only system and Python
-    paths, a size-capped private /tmp, no capabilities, an unprivileged uid, and a
-    seccomp filter against namespace, mount and kernel-interface syscalls."""
+class BwrapBackend(LocalBackend):
+    """bubblewrap: see template.bwrap_argv for what the sandbox gets."""
 
     name = "bwrap"
     isolated = True
@@ -72,7 +115,6 @@ class BwrapBackend(Backend):
     _uid_lock = threading.Lock()
 
     def __init__(self, limits: Limits, threads: int = 1) -> None:
-        super().__init__(limits, threads)
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
         if not self.bwrap:
@@ -82,87 +124,54 @@ class BwrapBackend(Backend):
             )
         if os.geteuid() == 0 and not self.setpriv:
             raise RuntimeError("the bwrap sandbox needs setpriv (apt-get install util-linux)")
+        super().__init__(limits, threads)
+        self.tree = import_tree()
 
     def _next_uid(self) -> int:
         with self._uid_lock:
             return SANDBOX_UID_BASE + next(self._uids) % SANDBOX_UID_COUNT
 
+    def spec(self, uid: int) -> SandboxSpec:
+        return SandboxSpec(
+            python=sys.executable,
+            limits=self.limits,
+            threads=self.threads,
+            uid=uid,
+            tree=self.tree,
+            memory_by_cgroup=self.memory_by_cgroup,
+        )
+
     def argv(self, uid: int, seccomp_fd: int) -> list[str]:
         assert self.bwrap
-        args = [
-            self.bwrap,
-            "--seccomp", str(seccomp_fd),
-            "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session",
-            "--hostname", "sandbox",
-            "--ro-bind", "/usr", "/usr",
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--perms", "1777", "--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
-            "--chdir", "/tmp",
-            "--clearenv",
-        ]  # fmt: skip
-        for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-            if os.path.islink(top):
-                args += ["--symlink", os.readlink(top), top]
-            elif os.path.isdir(top):
-                args += ["--ro-bind", top, top]
-        for etc in ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"):
-            if os.path.exists(etc):
-                args += ["--ro-bind", etc, etc]
-        # /tmp is the sandbox's own tmpfs (mode 1777): a checkout under /tmp must not
-        # remake it 0755, which would leave the candidate no writable scratch.
-        made: set[str] = {"/tmp"}
-        for path in python_paths():
-            # Parents bwrap makes on its own are private (0700) to the unprivileged uid.
-            for parent in reversed(Path(path).parents[:-1]):
-                if str(parent) not in made:
-                    made.add(str(parent))
-                    args += ["--perms", "0755", "--dir", str(parent)]
-            args += ["--ro-bind", path, path]
-        for key, value in child_env(self.threads).items():
-            args += ["--setenv", key, value]
-        if os.geteuid() == 0:
-            # bwrap needs root to build the mounts; the candidate then runs as a plain uid
-            # with every capability gone and no way to gain one.
-            args += ["--", self.setpriv or "setpriv", f"--reuid={uid}", f"--regid={uid}",
-                     "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
-                     "--no-new-privs"]  # fmt: skip
-        else:
-            args += ["--unshare-user", "--cap-drop", "ALL", "--"]
-        return [*args, sys.executable, *CHILD]
+        spec = self.spec(uid)
+        setpriv = self.setpriv if os.geteuid() == 0 else None
+        return prlimit_argv(spec) + bwrap_argv(spec, self.bwrap, seccomp_fd, setpriv)
 
-    def start(self) -> Sandbox:
+    def start(self) -> CgroupSandbox:
         uid = self._next_uid()
-        limits, threads = self.limits, self.threads
         seccomp_fd = filter_fd()
         try:
-            sandbox = ProcessSandbox(
-                rlimit_prefix(limits, threads) + self.argv(uid, seccomp_fd),
-                env=child_env(threads),
-                backend=self.name,
-                isolated=True,
-                pass_fds=(seccomp_fd,),
-            )
+            return self._start(self.argv(uid, seccomp_fd), uid, pass_fds=(seccomp_fd,))
         finally:
             os.close(seccomp_fd)
-        sandbox.uid = uid
-        return sandbox
 
 
-class ProcessBackend(Backend):
-    """A plain subprocess with resource limits and a clean environment. It does not
-    isolate the filesystem or the network: for development only, and labelled so."""
+class ProcessBackend(LocalBackend):
+    """A plain subprocess with resource limits, a clean environment and (where possible)
+    a cgroup. It does not isolate the filesystem or the network: for development only,
+    and labelled so."""
 
     name = "process"
     isolated = False
 
-    def start(self) -> Sandbox:
-        limits, threads = self.limits, self.threads
-        return ProcessSandbox(
-            [*rlimit_prefix(limits, threads), sys.executable, *CHILD],
-            env=child_env(threads),
-            backend=self.name,
-            isolated=False,
+    def argv(self) -> list[str]:
+        spec = SandboxSpec(
+            python=sys.executable,
+            limits=self.limits,
+            threads=self.threads,
+            memory_by_cgroup=self.memory_by_cgroup,
         )
+        return process_argv(spec)
+
+    def start(self) -> CgroupSandbox:
+        return self._start(self.argv(), None)
