@@ -165,12 +165,19 @@ def check_lineage(
             assert not c.HasField("evaluation") or c.evaluation.status == 0, (
                 "a duplicate was trained"
             )
+    search = stub.GetSearch(pb.GetSearchRequest(search_id=search_id), timeout=5)
+    # Algorithm 1 returns the best children; regularised evolution keeps its seeds.
+    seeds_compete = search.method == "mutation"
     scored = sorted(
-        (c for c in found if c.state == pb.CANDIDATE_STATE_SCORED), key=lambda c: (-c.fitness, c.id)
+        (
+            c
+            for c in found
+            if c.state == pb.CANDIDATE_STATE_SCORED and (c.round_index > 0 or seeds_compete)
+        ),
+        key=lambda c: (-c.fitness, c.id),
     )
     assert [c.id for c in top] == [c.id for c in scored[:p]]
-    state = stub.GetSearch(pb.GetSearchRequest(search_id=search_id), timeout=5).state
-    assert state == pb.SEARCH_STATE_FINISHED
+    assert search.state == pb.SEARCH_STATE_FINISHED
     return found
 
 
@@ -204,20 +211,28 @@ def test_evoprompting_search_with_a_served_model(stack: Stack, proposer: str) ->
     assert states[pb.CANDIDATE_STATE_SCORED] >= 1, log
     # The stand-in's TGI cannot be prompt-tuned: the search says so and goes on.
     assert "cannot be prompt-tuned" in log
+    seeds = [c for c in found if c.origin == pb.CANDIDATE_ORIGIN_SEED]
+    round1 = [c for c in children if c.round_index == 1 and c.state == pb.CANDIDATE_STATE_SCORED]
+    assert round1, "the stand-in's round 1 must score something for round 2 to be checked"
     for r in (1, 2):
-        # Round r's parents are all from the top p of what rounds before r scored.
+        # Algorithm 1: round 1's parents are the seeds; later rounds' are the top p of
+        # the children scored before them, and never a seed again.
+        pool = seeds if r == 1 else [c for c in children if c.round_index < r]
         before = sorted(
-            (c for c in found if c.round_index < r and c.state == pb.CANDIDATE_STATE_SCORED),
+            (c for c in pool if c.state == pb.CANDIDATE_STATE_SCORED),
             key=lambda c: (-c.fitness, c.id),
         )[:3]
         for c in (c for c in children if c.round_index == r):
             assert set(c.parent_ids) <= {b.id for b in before}
+            if r > 1:
+                assert not set(c.parent_ids) & {s.id for s in seeds}, "a seed was a parent again"
             prompt = stack.stub.GetPrompt(pb.GetPromptRequest(prompt_id=c.prompt_id), timeout=5)
             shown = [by_id[i] for i in prompt.parent_ids]
             smallest = min(s.evaluation.metrics.num_params for s in shown)
             assert f"'num_params': '{round(0.9 * smallest, -2):.0f}'" in prompt.text
             assert prompt.text.endswith("class Model(nn.Module):")
             assert prompt.text.count('"""Metrics:') == 3  # two parents and the target
+            assert prompt.text.startswith('"""Metrics:'), "the paper's prompt has no header"
             assert c.code.startswith("# Neural networks for MNIST-1D")  # runnable: imports added
             assert c.proposer.backend == "tgi" and c.proposer.sampling.temperature in (
                 0.2,

@@ -1,10 +1,10 @@
 """The CLRS runner inside the sandbox: a candidate triplet function in Triplet-GMPNN.
 
-The candidate defines `get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts)` (the
-paper's search space). It replaces dm-clrs's own function in the processor module, so
-the rest of the Triplet-GMPNN processor (a gated MPNN with layer norm, max-aggregated
-triplet messages) and the encoders and decoders are exactly the published ones. Trained
-with the published single-task settings; returns predictions and weights, never scores:
+The candidate defines `get_triplet_msgs`, in the paper's signature (with `out_size`: it owns
+the reduction and the output layer) or dm-clrs's (see clrs_processor.py, which puts it in
+the processor). The rest of the Triplet-GMPNN processor (a gated MPNN with layer norm)
+and the encoders and decoders are exactly the published ones. Trained with the published
+single-task settings and the job's optimiser; returns predictions and weights, never scores:
 validation and test outputs never enter the sandbox (their hints are the first step
 only, which is all the model reads at evaluation).
 """
@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from services.trainer import clrs_lib
+from services.trainer import clrs_lib, clrs_processor
 from services.trainer.child import (
     PROGRESS,
     StageFailure,
@@ -72,13 +72,8 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
         raise _failure_from(e, "load") from None
     triplet_fn = namespace.get("get_triplet_msgs")
     if not callable(triplet_fn):
-        raise StageFailure(
-            "INVALID",
-            "load",
-            "the program defines no get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts)",
-        )
-    # The processor calls the module-level function: the candidate takes its place.
-    clrs.processors.get_triplet_msgs = triplet_fn
+        signature = clrs_processor.SIGNATURE[job.get("triplet", "paper")]
+        raise StageFailure("INVALID", "load", f"the program defines no {signature}")
 
     # The trainer's preprocessed spec (permutations, pred-as-input), not the raw one.
     spec = {k: tuple(v) for k, v in job["spec"].items()}
@@ -92,9 +87,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
     def sample() -> Any:
         return clrs_lib.batch(train, rng.integers(0, n_train, batch_size))
 
-    factory = clrs.processors.get_processor_factory(
-        job["processor"], use_ln=bool(job["use_ln"]), nb_triplet_fts=int(job["nb_triplet_fts"])
-    )
+    factory = clrs_processor.processor_factory(clrs, job, triplet_fn)
     model = clrs.baselines.BaselineModel(
         spec=spec,
         dummy_trajectory=sample(),
@@ -136,6 +129,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
             "REJECTED", "count_params", f"{num_params:,} parameters, over the cap of {max_params:,}"
         )
 
+    clrs_processor.use_optimizer(model, job)
     try:
         model.init(first.features, int(job["seed"]))
     except BaseException as e:
