@@ -135,7 +135,35 @@ def use_optimizer(model: Any, job: dict[str, Any]) -> None:
     steps = [optax.clip_by_global_norm(clip)] if clip else []
     steps += [
         optax.scale_by_adam(),
-        optax.add_decayed_weights(ADAMW_WEIGHT_DECAY),
         optax.scale(-lr),
+        decoupled_weight_decay(lr * ADAMW_WEIGHT_DECAY),
     ]
     model.opt = optax.chain(*steps)
+
+
+def decoupled_weight_decay(step: float) -> Any:
+    """AdamW's decay, u - lr x wd x theta, for an optimiser called without the parameters.
+
+    dm-clrs's BaselineModel calls `opt.update(grads, state)` with no `params`, which
+    optax's own `add_decayed_weights` needs. The parameters are tracked in the state
+    instead (theta + u after every step: exact, since nothing else moves them), in the
+    same per-parameter shape as Adam's moments so that dm-clrs's state handling applies.
+    """
+    from typing import NamedTuple
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    class Shadow(NamedTuple):
+        params: Any
+
+    def init(params: Any) -> Shadow:
+        return Shadow(jax.tree_util.tree_map(jnp.asarray, params))
+
+    def update(updates: Any, state: Shadow, params: Any = None) -> tuple[Any, Shadow]:
+        theta = state.params if params is None else params
+        updates = jax.tree_util.tree_map(lambda u, p: u - step * p, updates, theta)
+        return updates, Shadow(jax.tree_util.tree_map(lambda p, u: p + u, theta, updates))
+
+    return optax.GradientTransformation(init, update)
