@@ -50,13 +50,27 @@ def bootstrap_best_fitness(
     without a fitness. A point is made every `every` children (and at the last) once
     some child has a fitness.
     """
+    return bootstrap_runs(
+        [fitness_in_order], resamples=resamples, sample_size=sample_size, seed=seed, every=every
+    )
+
+
+def bootstrap_runs(
+    runs: list[list[float | None]],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    sample_size: int = BOOTSTRAP_SAMPLE_SIZE,
+    seed: int = 0,
+    every: int = 1,
+) -> list[CurvePoint]:
+    """The same over several searches of one method (seeds): at x, the resamples draw
+    from the scored children among the first x of every search."""
     rng = random.Random(seed)
     pool: list[float] = []
     out: list[CurvePoint] = []
-    n = len(fitness_in_order)
-    for x, fitness in enumerate(fitness_in_order, start=1):
-        if fitness is not None:
-            pool.append(fitness)
+    n = max((len(r) for r in runs), default=0)
+    for x in range(1, n + 1):
+        pool.extend(f for r in runs if x <= len(r) and (f := r[x - 1]) is not None)
         if not pool or (x % every and x != n):
             continue
         bests = sorted(max(rng.choice(pool) for _ in range(sample_size)) for _ in range(resamples))

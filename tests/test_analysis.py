@@ -43,3 +43,13 @@ def test_the_pareto_front_of_the_top_20() -> None:
     assert front == sorted(points, key=lambda p: p.num_params)  # each smaller or better
     dominated = Point(50, -50.0, 2000, 0.2)
     assert dominated not in analysis.pareto_front([*points, dominated])
+
+
+def test_several_searches_pool_their_first_x_children() -> None:
+    a: list[float | None] = [-10.0, None, -1.0]
+    b: list[float | None] = [None, -5.0]
+    curve = analysis.bootstrap_runs([a, b])
+    assert [p.children for p in curve] == [1, 2, 3]
+    assert curve[0].mean == -10.0  # x=1: only a's first child
+    assert curve[1].high == -5.0  # x=2: b's second child joins
+    assert curve[2].high == -1.0

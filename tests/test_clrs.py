@@ -330,3 +330,25 @@ def test_unknown_seeds_and_the_mutation_baseline_are_refused(clrs_stack: Stack) 
     config.services.proposer = "127.0.0.1:9"  # never reached: the seeds are checked first
     with pytest.raises(RuntimeError, match="no seed named no_such_seed; its seeds are"):
         run(config, "few-shot")
+
+
+def test_one_function_on_several_algorithms_beside_the_published_scores(tmp_path: Path) -> None:
+    """bench/clrs_table.py (the paper's Table 3) at a tiny budget."""
+    from bench import clrs_table
+
+    assert len(clrs_table.PUBLISHED_OOD) == 30
+    from services.trainer.tasks.clrs import algorithms
+
+    assert set(clrs_table.PUBLISHED_OOD) == set(algorithms())
+    out = tmp_path / "table"
+    code = clrs_table.main(
+        ["--seed", "v8_linear_tiled", "--algorithms", "bfs", "minimum", "--steps", "2",
+         "--sizes", TINY, "--out", str(out), "--wall-seconds", "300"]
+    )  # fmt: skip
+    assert code == 0
+    text = (out / "table.md").read_text()
+    assert "| bfs | OK |" in text and "| minimum | OK |" in text
+    assert "| 99.73 | 99.80 |" in text  # BFS: Ibarz et al.'s and the paper's own run
+    rows = json.loads((out / "table.json").read_text())
+    assert [r["algorithm"] for r in rows] == ["bfs", "minimum"]
+    assert all(0 <= r["ood_test"] <= 100 for r in rows)
