@@ -40,11 +40,12 @@ from pathlib import Path
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 
-from controller import addresses, analysis
+from controller import analysis
 from controller.clients import Lineage, Proposer, Trainers, trainer_targets
 from controller.config import METHODS, SMALL_MODEL_STOP, SearchConfig
 from controller.progress import Progress
 from controller.search import Search
+from services.common import addresses
 
 REFERENCE_ACCURACY = {"CNN": 0.94, "GRU": 0.91, "MLP": 0.68}
 SEED = pb.CANDIDATE_ORIGIN_SEED

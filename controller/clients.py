@@ -20,7 +20,7 @@ import grpc
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2_grpc, proposer_pb2, proposer_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
-from controller import addresses
+from services.common import addresses
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from evo.v1 import lineage_pb2_grpc as pb_grpc
 from evo.v1 import trainer_pb2
 
 from controller import config as search_config
-from controller.cli import main
+from evo_cli.main import main
 from services.lineage import server as lineage_server
 from services.lineage.rdb import RDBStorage
 from services.trainer import clrs_lib, tasks

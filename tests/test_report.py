@@ -13,8 +13,8 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 
-from controller.cli import main
 from controller.report import write_report
+from evo_cli.main import main
 from services.lineage import server
 from services.lineage.rdb import RDBStorage
 from tests.lineage_records import child, failed_eval, new_search, ok_eval, program, seed

@@ -25,10 +25,10 @@ from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 
 from controller import config as search_config
-from controller.cli import main
 from controller.clients import Lineage, Proposer, Trainers
 from controller.progress import Progress
 from controller.search import Search
+from evo_cli.main import main
 from services.lineage import server as lineage_server
 from services.lineage.rdb import RDBStorage
 from services.proposer import server as proposer_server
@@ -274,7 +274,7 @@ def test_bad_config_names_the_line(tmp_path: Path) -> None:
 
 def evo(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "evo_cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

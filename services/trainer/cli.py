@@ -8,6 +8,8 @@ from typing import Any, NoReturn
 
 import click
 
+from services.common import addresses
+
 BACKEND_CHOICE = click.Choice(["bwrap", "docker", "process"])
 
 
@@ -57,7 +59,7 @@ unisolated_option = click.option(
 
 @click.command("trainer")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=50052, show_default=True)
+@click.option("--port", default=addresses.DEFAULT_PORTS["trainer"], show_default=True)
 @backend_option
 @click.option("--slots", default=1, show_default=True, help="Evaluations run at once.")
 @click.option(
