@@ -138,7 +138,20 @@ class SearchConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "SearchConfig":
-        return _build(cls, json.loads(text), "config")
+        """The stored config. One stored before the paper's population and decoding were
+        keys (no `evolution.population`) ran with the earlier choices, so it resumes with
+        them rather than switching rules halfway."""
+        stored = json.loads(text)
+        evolution = stored.get("evolution") if isinstance(stored, dict) else None
+        if isinstance(evolution, dict) and "population" not in evolution:
+            evolution.update(population="seeds-stay", retired_means="shown")
+            evolution.setdefault("few_shot_budget", "more-prompts")
+            proposer = stored.setdefault("proposer", {})
+            if isinstance(proposer, dict):
+                proposer.setdefault("top_p", 0.95)
+                proposer.setdefault("stop", list(SMALL_MODEL_STOP))
+                proposer.setdefault("prompt_header", True)
+        return _build(cls, stored, "config")
 
     @property
     def uses_language_model(self) -> bool:

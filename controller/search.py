@@ -116,7 +116,7 @@ class Search:
     # ------------------------------------------------------------ the whole search
 
     def run(self) -> list[pb.Candidate]:
-        """Run (or resume) to the end or to a stop; returns the top p of everything scored."""
+        """Run (or resume) to the end or to a stop; returns the search's result (`top`)."""
         self.lineage(
             "UpdateSearchState",
             pb.UpdateSearchStateRequest(search_id=self.id, state=pb.SEARCH_STATE_RUNNING),

@@ -182,3 +182,22 @@ def test_rules_validate_themselves() -> None:
         Rules(alpha=0)
     with pytest.raises(ValueError, match="few_shot_budget"):
         Rules(few_shot_budget="lots")
+
+
+def test_a_config_stored_before_these_keys_resumes_with_the_earlier_rules() -> None:
+    import json
+
+    from controller.config import SMALL_MODEL_STOP, SearchConfig
+
+    old = json.loads(SearchConfig().to_json())
+    del old["evolution"]["population"], old["evolution"]["retired_means"]
+    del old["evolution"]["few_shot_budget"]
+    del old["proposer"]["top_p"], old["proposer"]["stop"], old["proposer"]["prompt_header"]
+    resumed = SearchConfig.from_json(json.dumps(old))
+    assert resumed.evolution.population == pop.SEEDS_STAY
+    assert resumed.evolution.retired_means == pop.SHOWN
+    assert resumed.evolution.few_shot_budget == pop.MORE_PROMPTS
+    assert (resumed.proposer.top_p, resumed.proposer.stop) == (0.95, SMALL_MODEL_STOP)
+    assert resumed.proposer.prompt_header
+    fresh = SearchConfig.from_json(SearchConfig().to_json())
+    assert fresh.evolution.population == pop.PAPER and fresh.proposer.top_p == 1.0
