@@ -228,7 +228,8 @@ def print_result(result: Any, clrs: bool = False) -> None:
             ("parameters", f"{m.num_params:,}"),
             ("best val score" if clrs else "best val accuracy", f"{m.best_val_accuracy:.4f}"),
             ("test score (OOD)" if clrs else "test accuracy", f"{m.test_accuracy:.4f}"),
-            ("fitness", f"{-(m.num_params * m.best_val_error):.1f}"),
+            # Fitness is the search's (controller/population.py), not the trainer's.
+            ("best val error", f"{m.best_val_error:.4f}"),
             ("steps", str(m.steps_completed)),
             ("train time", f"{m.train_seconds:.1f} s"),
         ]
