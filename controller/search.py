@@ -44,6 +44,8 @@ FAILED = pb.CANDIDATE_STATE_FAILED
 STOP_POLL_SECONDS = 2.0
 # An evaluation's deadline: the training wall time plus start-up and queueing.
 EVALUATE_MARGIN_SECONDS = 180.0
+# The proposal service's limit on samples in one Generate call.
+MAX_SAMPLES_PER_CALL = 64
 # Evaluation threads when services.max_in_flight is 0: the trainers' live slots (read
 # every round) decide how many of them train at once.
 MAX_EVALUATION_THREADS = 64
@@ -245,14 +247,24 @@ class Search:
                 ),
             ).prompt
             done = {c.sample_index for c in existing if c.prompt_id == prompt.id}
-            missing = [j for j in range(self.plan.samples_per_prompt) if j not in done]
-            if missing:
-                self._sample(prompt, missing, sampling_seed, adapter)
+            # A proposer takes at most MAX_SAMPLES_PER_CALL samples a call: the few-shot
+            # baseline's 160 go in several calls, each seeded by where it starts.
+            n = self.plan.samples_per_prompt
+            for first in range(0, n, MAX_SAMPLES_PER_CALL):
+                indices = range(first, min(n, first + MAX_SAMPLES_PER_CALL))
+                missing = [j for j in indices if j not in done]
+                if missing:
+                    self._sample(prompt, indices, missing, sampling_seed + first, adapter)
 
     def _sample(
-        self, prompt: pb.Prompt, missing: list[int], sampling_seed: int, adapter: str
+        self,
+        prompt: pb.Prompt,
+        indices: range,
+        missing: list[int],
+        sampling_seed: int,
+        adapter: str,
     ) -> None:
-        """Sample the prompt's n children and record the ones not recorded yet."""
+        """Sample the prompt's children `indices` in one call; record those `missing`."""
         assert self.proposer is not None and self.task is not None and self.info is not None
         cfg = self.config
         sampling = common.SamplingParams(
@@ -264,7 +276,7 @@ class Search:
         )
         request = proposer_pb2.GenerateRequest(
             prompt=prompt.text,
-            num_samples=self.plan.samples_per_prompt,
+            num_samples=len(indices),
             sampling=sampling,
             adapter_id=adapter,
             program_opening=self.task.program_opening,
@@ -297,9 +309,9 @@ class Search:
             return
         outcomes: Counter[str] = Counter()
         for j in missing:
-            if j >= len(reply.samples):
+            if j - indices.start >= len(reply.samples):
                 break
-            s = reply.samples[j]
+            s = reply.samples[j - indices.start]
             child = pb.RecordCandidateRequest()
             child.CopyFrom(base)
             child.sample_index = j
