@@ -186,6 +186,8 @@ def test_the_paper_signature_owns_its_reduction(tmp_path: Path, reduction: str) 
     assert report["metrics"]["best_val_accuracy"] > 0.2, report["metrics"]
 
 
+# Nine JAX compilations: about 20 s each on an idle 2-core machine, minutes under load.
+@pytest.mark.timeout(2400)
 def test_the_paper_seeds_are_the_default_and_all_nine_score(
     trainer: trainer_server.Trainer,
 ) -> None:
@@ -194,7 +196,7 @@ def test_the_paper_seeds_are_the_default_and_all_nine_score(
     assert list(seeds) == PAPER_SEEDS
     assert task.program_opening.endswith("nb_triplet_fts, out_size):")
     for name, code in seeds.items():
-        result = evaluate(trainer, code, steps=2)
+        result = evaluate(trainer, code, steps=1)
         assert result.status == common.EVAL_STATUS_OK, (name, result.message)
         assert result.metrics.num_params > 0 and 0 <= result.metrics.best_val_error <= 1
     dmclrs = tasks.get(f"{BFS},triplet=dmclrs")
