@@ -210,7 +210,7 @@ def test_the_paper_seeds_are_the_default_and_all_nine_score(
 def trainer() -> Iterator[trainer_server.Trainer]:
     t = trainer_server.Trainer(
         trainer_server.TrainerConfig(
-            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=120, memory_bytes=4 * GIB)
+            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=300, memory_bytes=4 * GIB)
         )
     )
     yield t
@@ -273,7 +273,7 @@ def clrs_stack(tmp_path: Path) -> Iterator[Stack]:
     lineage = lineage_server.start(storage, "127.0.0.1", 0)
     trainer = trainer_server.Trainer(
         trainer_server.TrainerConfig(
-            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=120, memory_bytes=4 * GIB)
+            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=300, memory_bytes=4 * GIB)
         )
     )
     service = trainer_server.start(trainer, "127.0.0.1", 0)
