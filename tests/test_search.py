@@ -359,3 +359,22 @@ def test_stop_then_resume(stack: Stack) -> None:
         top = Search(config, sid, lineage, Trainers(config.services.trainers), None, progress).run()
     check_lineage(stack.stub, sid, top, p=3)
     lineage.close()
+
+
+def test_few_shot_spends_the_budget_in_one_round_of_long_prompts(
+    stack: Stack, proposer: str
+) -> None:
+    """The paper's naive baseline: one round, m prompts of T x n samples each (more than
+    one proposer call holds: 66 samples go as 64 + 2), parents only from the seeds."""
+    config = make_config(stack, proposer, alpha=0.9)
+    config.evolution.prompts_per_round = 1
+    config.evolution.samples_per_prompt = 33
+    sid, top, log = run(config, "few-shot")
+    found = check_lineage(stack.stub, sid, top, p=3)
+    children = [c for c in found if c.round_index > 0]
+    assert {c.round_index for c in children} == {1}
+    assert sorted(c.sample_index for c in children) == list(range(66))
+    assert len({c.prompt_id for c in children}) == 1
+    seeds = {c.id for c in found if c.origin == pb.CANDIDATE_ORIGIN_SEED}
+    assert all(set(c.parent_ids) <= seeds for c in children)
+    assert not any(c.reason.startswith("generation failed") for c in children), log
