@@ -1,8 +1,9 @@
 """Is the CLRS task set up right? Train the unmodified Triplet-GMPNN and compare its
 out-of-distribution score with the published one.
 
-Runs the `triplet_gmpnn` seed (dm-clrs's own triplet function) through the real trainer
-and sandbox on one algorithm, at the CLRS-30 sizes unless told otherwise:
+Runs the `v1_triplet_gmpnn` seed (Ibarz et al.'s triplet function, the paper's seed 1)
+through the real trainer and sandbox on one algorithm, at the CLRS-30 sizes unless told
+otherwise (`--sizes triplet=dmclrs,optimizer=adam`: dm-clrs's own signature and Adam):
 
     .venv/bin/python -m bench.clrs_baseline --algorithm bfs               # 2,000 steps
     .venv/bin/python -m bench.clrs_baseline --algorithm mst_kruskal --steps 10000
@@ -55,7 +56,8 @@ def main() -> int:
 
     name = f"clrs/{args.algorithm}" + (f":{args.sizes}" if args.sizes else "")
     task = tasks.get(name)
-    code = dict(task.seeds())["triplet_gmpnn"]
+    seeds = dict(task.seeds())
+    code = seeds.get("v1_triplet_gmpnn") or seeds["triplet_gmpnn"]  # paper's or dm-clrs's
     print(f"{task.description}\ngenerating data (cached after the first run) ...", flush=True)
     task.arrays()  # type: ignore[attr-defined]
     trainer = Trainer(

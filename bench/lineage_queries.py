@@ -34,6 +34,7 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from sqlalchemy import Engine, Table, func, insert, inspect, select, text
 
+from controller import population
 from services.lineage import db, models, rdb
 from services.lineage.rdb import RDBStorage
 
@@ -280,7 +281,7 @@ class Filler:
         num_params = rng.randint(1_000, 100_000)
         val_error = rng.uniform(0.05, 0.5)
         test_error = min(1.0, val_error + rng.uniform(0.0, 0.02))
-        fitness = -(num_params * val_error) if state == SCORED else None
+        fitness = population.fitness(num_params, val_error) if state == SCORED else None
         now = self.tick(2)
         cid = self.add(
             "candidates",
@@ -550,12 +551,6 @@ def run_scenario(
             (
                 "get_population k=10",
                 lambda: storage.get_population(pb.GetPopulationRequest(search_id=sid, k=10)),
-            ),
-            (
-                "get_population k=10 exclude_retired",
-                lambda: storage.get_population(
-                    pb.GetPopulationRequest(search_id=sid, k=10, exclude_retired=True)
-                ),
             ),
             (
                 f"get_ancestors (round {info.rounds})",

@@ -7,9 +7,17 @@ reads the lineage store and writes, to --out:
 - results.json: per search, the counts and the best-fitness curve;
 - results.md: a table per method (mean over seeds) of best fitness, best test accuracy,
   the fractions of children that parse, are unique and train, tokens and wall time;
-- curves.png: best fitness against the number of children evaluated;
-- pareto.png: parameters against test error, every method's front, the seeds, and the
-  MNIST-1D reference accuracies (CNN 94%, GRU 91%, MLP 68%).
+- curves.png: the paper's Figure 2b: best fitness against the number of children
+  generated, bootstrapped (100 resamples of 20 at each point; controller/analysis.py),
+  one line and band per method (the children of all its seeds pooled in generation order);
+- pareto.png: the paper's Figure 2a: parameters against test error, each method's front
+  of its top 20 children by fitness, the seeds, and the MNIST-1D reference accuracies
+  (CNN 94%, GRU 91%, MLP 68%).
+
+Best fitness and the fronts count children only, as Algorithm 1 returns them (a seed is
+never a method's result). `--settings small-model` runs the searches with the choices
+that serve a small model (examples/demo.yaml: seeds stay, header, top_p 0.95, stop at
+any new definition) instead of the paper's.
 
     .venv/bin/python -m bench.search_quality --out bench/quality [--seeds 0 1 2]
         [--methods evoprompting few-shot ...] [--rounds 3 --prompts 3 --samples 6 --steps 2000]
@@ -32,11 +40,12 @@ from pathlib import Path
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 
-from controller import addresses
+from controller import analysis
 from controller.clients import Lineage, Proposer, Trainers, trainer_targets
-from controller.config import METHODS, SearchConfig
+from controller.config import METHODS, SMALL_MODEL_STOP, SearchConfig
 from controller.progress import Progress
 from controller.search import Search
+from services.common import addresses
 
 REFERENCE_ACCURACY = {"CNN": 0.94, "GRU": 0.91, "MLP": 0.68}
 SEED = pb.CANDIDATE_ORIGIN_SEED
@@ -56,10 +65,12 @@ class Outcome:
     tokens: int = 0
     best_fitness: float | None = None
     best_test_accuracy: float | None = None
-    # (children evaluated so far, best fitness so far), seeds included in the best.
+    # (children evaluated so far, best child's fitness so far).
     curve: list[tuple[int, float]] = field(default_factory=list)
-    # (params, test error) of every scored candidate, seeds marked by name.
-    points: list[tuple[int, float, str]] = field(default_factory=list)
+    # Every child's fitness in the order generated (None: not scored): the bootstrap's input.
+    children_fitness: list[float | None] = field(default_factory=list)
+    # (params, test error, seed name or "", fitness) of every scored candidate.
+    points: list[tuple[int, float, str, float]] = field(default_factory=list)
     # round -> [children that parse, children]: does prompt-tuning raise the valid-code rate?
     parsed_by_round: dict[int, list[int]] = field(default_factory=dict)
     # What became of the children: "scored", "duplicate", "does not parse", "INVALID", ...
@@ -80,6 +91,11 @@ def config_for(method: str, seed: int, args: argparse.Namespace) -> SearchConfig
     config.training.wall_seconds = args.wall_seconds
     config.proposer.max_new_tokens = args.max_new_tokens
     config.tuning.epochs = args.tuning_epochs
+    if args.settings == "small-model":
+        evo.population = "seeds-stay"
+        config.proposer.top_p = 0.95
+        config.proposer.prompt_header = True
+        config.proposer.stop = list(SMALL_MODEL_STOP)
     return config
 
 
@@ -109,11 +125,17 @@ def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: floa
     for c in sorted(found, key=lambda c: c.id):
         scored = c.state == pb.CANDIDATE_STATE_SCORED
         if scored:
-            best = c.fitness if best is None else max(best, c.fitness)
+            if c.origin != SEED:
+                best = c.fitness if best is None else max(best, c.fitness)
             m = c.evaluation.metrics
             if m.HasField("test_accuracy"):
                 out.points.append(
-                    (m.num_params, 1 - m.test_accuracy, c.name if c.origin == SEED else "")
+                    (
+                        m.num_params,
+                        1 - m.test_accuracy,
+                        c.name if c.origin == SEED else "",
+                        c.fitness,
+                    )
                 )
                 if out.best_test_accuracy is None or m.test_accuracy > out.best_test_accuracy:
                     out.best_test_accuracy = m.test_accuracy
@@ -131,6 +153,7 @@ def measure(lineage: Lineage, method: str, seed: int, search_id: int, wall: floa
         out.unique += c.state != pb.CANDIDATE_STATE_DUPLICATE
         out.trained += c.evaluation.status == common.EVAL_STATUS_OK
         out.scored += scored
+        out.children_fitness.append(c.fitness if scored else None)
         evaluated += 1
         if best is not None:
             out.curve.append((evaluated, best))
@@ -214,22 +237,22 @@ def figures(outcomes: list[Outcome], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     colours = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
+    methods = list(dict.fromkeys(o.method for o in outcomes))
     fig, ax = plt.subplots(figsize=(8, 5))
-    for o in outcomes:
-        if o.curve:
-            xs, ys = zip(*o.curve, strict=True)
-            label = (
-                o.method
-                if o.seed == min(x.seed for x in outcomes if x.method == o.method)
-                else None
-            )
-            ax.step(
-                xs, [-y for y in ys], where="post", color=colours[o.method], label=label, alpha=0.8
-            )
+    for method in methods:
+        runs = [o.children_fitness for o in outcomes if o.method == method]
+        longest = max(len(r) for r in runs)
+        curve = analysis.bootstrap_runs(runs, every=max(1, longest // 200))
+        if curve:
+            xs = [p.children for p in curve]
+            ax.fill_between(xs, [-p.low for p in curve], [-p.high for p in curve],
+                            color=colours[method], alpha=0.2, step="post")  # fmt: skip
+            ax.step(xs, [-p.mean for p in curve], where="post", color=colours[method],
+                    label=method)  # fmt: skip
     ax.set_yscale("log")
-    ax.set_xlabel("children evaluated")
+    ax.set_xlabel("children generated (per search; a method's seeds pooled)")
     ax.set_ylabel("best -fitness = params x val error (lower is better)")
-    ax.set_title("Best fitness against children evaluated (one line per seed)")
+    ax.set_title("Best fitness against children generated (bootstrap: 100 samples of 20)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -237,18 +260,22 @@ def figures(outcomes: list[Outcome], out: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for o in outcomes:
-        kids = [(p, e) for p, e, name in o.points if not name]
-        if kids:
-            first = o.seed == min(x.seed for x in outcomes if x.method == o.method)
-            ax.scatter(
-                *zip(*kids, strict=True),
-                s=14,
-                alpha=0.6,
-                color=colours[o.method],
-                label=o.method if first else None,
+    for method in methods:
+        kids = [
+            analysis.Point(i, f, p, e)
+            for i, (p, e, name, f) in enumerate(
+                pt for o in outcomes if o.method == method for pt in o.points
             )
-    seeds = {name: (p, e) for o in outcomes for p, e, name in o.points if name}
+            if not name
+        ]
+        if kids:
+            ax.scatter([k.num_params for k in kids], [k.error for k in kids], s=10, alpha=0.35,
+                       color=colours[method])  # fmt: skip
+            front = analysis.top_pareto_front(kids)
+            label = f"{method}: front of the top 20"
+            ax.step([k.num_params for k in front], [k.error for k in front], where="post",
+                    color=colours[method], lw=2, label=label)  # fmt: skip
+    seeds = {name: (p, e) for o in outcomes for p, e, name, _ in o.points if name}
     for name, (p, e) in seeds.items():
         ax.scatter([p], [e], marker="*", s=160, color="black", zorder=5)
         ax.annotate(name, (p, e), xytext=(5, 5), textcoords="offset points")
@@ -259,7 +286,7 @@ def figures(outcomes: list[Outcome], out: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test error")
-    ax.set_title("Scored children by method; seeds as stars")
+    ax.set_title("Top-20 Pareto fronts by method; children as dots, seeds as stars")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -280,6 +307,12 @@ def main() -> None:
     parser.add_argument("--wall-seconds", type=float, default=120)
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--tuning-epochs", type=int, default=2)
+    parser.add_argument(
+        "--settings",
+        choices=["paper", "small-model"],
+        default="paper",
+        help="the paper's population and decoding, or examples/demo.yaml's for a small model",
+    )
     parser.add_argument(
         "--remeasure",
         action="store_true",

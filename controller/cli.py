@@ -1,8 +1,8 @@
-"""The `evo` command line.
+"""The controller's part of the `evo` command: searches, lineage queries, Pareto, reports.
 
-Client commands talk gRPC to a service at `--address`, else `EVO_<SERVICE>_ADDRESS`,
-else the local default port. `evo serve NAME` runs a service in this process;
-service dependencies are imported only there, so each image needs only its extra.
+Client commands talk gRPC to the lineage store at `--address`, else
+`EVO_LINEAGE_ADDRESS`, else the local default port. The `evo` command itself (every
+service's commands together) is assembled in evo_cli/main.py.
 """
 
 import json
@@ -18,10 +18,9 @@ from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 from rich.console import Console
 
-from controller import addresses, search_cli
 from controller import lineage_views as views
-from services.proposer.cli import propose, serve_lm
-from services.trainer.cli import sandbox, serve_trainer
+from controller import search_cli
+from services.common import addresses
 
 console = Console()
 RPC_TIMEOUT_SECONDS = 30.0
@@ -68,120 +67,10 @@ def call(method: Callable[..., Any], request: Any) -> Any:
     return method(request, timeout=RPC_TIMEOUT_SECONDS)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="evo-nas")
-def main() -> None:
-    """EvoPrompting: neural architecture search with a language model as the mutation operator."""
-
-
-# ---------------------------------------------------------------- serve
-
-
-@main.group()
-def serve() -> None:
-    """Run one of the services in this process."""
-
-
-@serve.command("lineage")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=addresses.DEFAULT_PORTS["lineage"], show_default=True)
-@click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="Database URL. Default: $EVO_DB_URL, else a SQLite file in $EVO_HOME (~/.evo).",
-)
-@click.option(
-    "--migrate/--no-migrate",
-    default=True,
-    show_default=True,
-    help="Upgrade the schema on start. With --no-migrate an old schema is refused.",
-)
-@click.option("--log-level", default=None, help="debug, info, warning (default) or error.")
-def serve_lineage(
-    host: str, port: int, db_url: str | None, migrate: bool, log_level: str | None
-) -> None:
-    """The lineage store: every search, candidate, parent link and score."""
-    from services.common import logs
-    from services.common import server as grpc_server
-    from services.lineage import db, server
-    from services.lineage.rdb import RDBStorage
-    from services.lineage.storage import StoreError
-
-    logs.setup(log_level)
-    url = db_url or db.default_url()
-    try:
-        storage = RDBStorage(url, upgrade=migrate)
-    except StoreError as e:
-        fail(str(e))
-    except Exception as e:  # a bad URL or an unreachable database server
-        fail(f"cannot open the database {url}: {e.__class__.__name__}: {e}".splitlines()[0])
-    try:
-        service = server.start(storage, host, port)
-    except OSError as e:
-        fail(str(e))
-    click.echo(
-        f"lineage store serving on {host}:{service.port} (database {_redact(url)})", err=True
-    )
-    grpc_server.serve_forever(service)
-    storage.close()
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a database URL."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
-    return url
-
-
-# ---------------------------------------------------------------- db
-
-
-@main.group("db")
-def db_group() -> None:
-    """Manage the lineage database schema."""
-
-
-db_url_option = click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="Database URL. Default: $EVO_DB_URL, else ~/.evo/lineage.db.",
-)
-
-
-@db_group.command("upgrade")
-@db_url_option
-@click.option("--revision", default="head", show_default=True)
-def db_upgrade(db_url: str | None, revision: str) -> None:
-    """Create or migrate the schema (run by an init job in a cluster)."""
-    from services.lineage import db
-
-    url = db_url or db.default_url()
-    db.upgrade(url, revision)
-    engine = db.make_engine(url)
-    click.echo(f"{_redact(url)} is at revision {db.current_revision(engine)}")
-    engine.dispose()
-
-
-@db_group.command("current")
-@db_url_option
-def db_current(db_url: str | None) -> None:
-    """Print the schema revision of the database and the one this version needs."""
-    from services.lineage import db
-
-    url = db_url or db.default_url()
-    engine = db.make_engine(url)
-    click.echo(f"database: {db.current_revision(engine) or 'empty'}; needed: {db.head_revision()}")
-    engine.dispose()
-
-
 # ---------------------------------------------------------------- search
 
 
-@main.group()
+@click.group()
 def search() -> None:
     """Start, watch, stop, resume and inspect searches."""
 
@@ -245,7 +134,7 @@ def search_show(search_id: int, address: str | None, as_json: bool, top: int) ->
 # ---------------------------------------------------------------- lineage
 
 
-@main.group()
+@click.group()
 def lineage() -> None:
     """Walk the family tree of candidates."""
 
@@ -354,7 +243,7 @@ def lineage_tree(search_id: int, fmt: str, address: str | None) -> None:
 # ---------------------------------------------------------------- pareto
 
 
-@main.command()
+@click.command()
 @click.argument("search_id", type=int)
 @click.option(
     "--metric",
@@ -381,7 +270,7 @@ def pareto(search_id: int, metric: str, address: str | None, as_json: bool) -> N
         console.print(views.pareto_table(points))
 
 
-@main.command()
+@click.command()
 @click.argument("search_id", type=int)
 @click.option(
     "--out",
@@ -403,18 +292,17 @@ def report(search_id: int, out_dir: Path, top: int | None, address: str | None) 
     click.echo(str(index))
 
 
-# ---------------------------------------------------------------- other services' commands
+# ---------------------------------------------------------------- the controller's commands
 
-serve.add_command(serve_trainer, "trainer")
-serve.add_command(serve_lm, "lm")
-main.add_command(sandbox)
-main.add_command(propose)
 for command in (search_cli.search_start, search_cli.search_resume, search_cli.search_status):
     search.add_command(command)
 search.add_command(search_cli.search_stop)
-main.add_command(search_cli.up)
-main.add_command(search_cli.down)
+
+# What the controller adds to the `evo` command (evo_cli/main.py wires every service's).
+COMMANDS: list[click.Command] = [search, lineage, pareto, report, search_cli.up, search_cli.down]
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m controller.cli ...`, as before: the whole `evo`
+    from evo_cli.main import main
+
     main()

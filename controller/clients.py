@@ -1,5 +1,7 @@
 """gRPC clients of the three services, with retries, deadlines and trainer balancing.
 
+Retries and failover live here and nowhere else: the search calls typed methods
+(`Proposer.generate`, `Trainers.evaluate`, ...) and gets an answer or `CallFailed`.
 A call that fails for a reason that may pass (the service restarting, busy, cut off)
 is retried with exponential backoff; after the last attempt the caller gets `CallFailed`
 and records the candidate as failed. A request the service calls wrong is never retried.
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from evo.v1 import lineage_pb2_grpc, proposer_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from evo.v1 import common_pb2 as common
+from evo.v1 import lineage_pb2_grpc, proposer_pb2, proposer_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
-from controller import addresses
+from services.common import addresses
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 LINEAGE_TIMEOUT_SECONDS = 30.0
 # The store must not lose a write: it is retried for longer than other calls.
 LINEAGE_ATTEMPTS = 12
+# A model server restarting can take minutes: proposer calls wait at least this many tries.
+PROPOSER_MIN_ATTEMPTS = 10
 
 
 class CallFailed(Exception):
@@ -123,10 +128,42 @@ class Lineage:
 
 
 class Proposer:
-    def __init__(self, target: str) -> None:
+    """The proposal service; each call waits patiently for a restarting model server."""
+
+    def __init__(
+        self,
+        target: str,
+        attempts: int = 4,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.target = target
         self._channel = channel(target)
         self.stub = proposer_pb2_grpc.ProposerStub(self._channel)
+        self.attempts = max(attempts, PROPOSER_MIN_ATTEMPTS)
+        # A search being stopped stops waiting between attempts.
+        self.should_stop = should_stop
+
+    def _call(self, method: str, request: Any, timeout: float) -> Any:
+        rpc = getattr(self.stub, method)
+        return call_with_retries(
+            lambda: rpc(request, timeout=timeout),
+            f"proposer {self.target} {method}",
+            self.attempts,
+            should_stop=self.should_stop,
+        )
+
+    def info(self) -> proposer_pb2.ProposerInfo:
+        return self._call("GetInfo", proposer_pb2.GetInfoRequest(), 30.0)
+
+    def generate(
+        self, request: proposer_pb2.GenerateRequest, timeout: float
+    ) -> proposer_pb2.GenerateResponse:
+        return self._call("Generate", request, timeout)
+
+    def train_soft_prompt(
+        self, request: proposer_pb2.TrainSoftPromptRequest, timeout: float
+    ) -> proposer_pb2.TrainSoftPromptResponse:
+        return self._call("TrainSoftPrompt", request, timeout)
 
     def close(self) -> None:
         self._channel.close()
@@ -149,28 +186,102 @@ class Trainer:
 class Trainers:
     """Spreads evaluations over several trainer addresses by free slots.
 
-    `acquire` blocks until some trainer has a free slot (as this controller counts
-    them); a trainer that answers RESOURCE_EXHAUSTED (shared with other controllers)
-    makes the caller back off and try again, possibly elsewhere.
+    `evaluate` is the one place an evaluation is retried and moved: `acquire` blocks
+    until some trainer has a free slot (as this controller counts them); a trainer that
+    answers RESOURCE_EXHAUSTED (shared with other controllers) makes the caller back off
+    and try again, possibly elsewhere. `discover` reads each trainer's live Capacity (and
+    how many pods a `dns:` name has now); the search calls it every round, so trainers
+    scaled up or started late are used from the next round on.
     """
 
-    def __init__(self, targets: list[str]) -> None:
+    def __init__(self, targets: list[str], attempts: int = 4) -> None:
         self.trainers = [Trainer(t) for t in targets]
+        self.attempts = attempts
         self._cond = threading.Condition()
 
-    def discover(self, attempts: int) -> int:
-        """Ask each trainer for its slots; returns the total. Unreachable ones count 1."""
+    def discover(self, attempts: int | None = None) -> int:
+        """Ask each trainer for its slots now; returns the total. A trainer that does not
+        answer keeps the count it had (one slot at first)."""
         for t in self.trainers:
             try:
                 capacity = call_with_retries(
                     lambda t=t: t.stub.GetCapacity(trainer_pb2.GetCapacityRequest(), timeout=10),
                     f"trainer {t.target} GetCapacity",
-                    attempts,
+                    attempts or self.attempts,
                 )
-                t.slots = max(1, capacity.slots_total) * dns_endpoints(t.target)
+                slots = max(1, capacity.slots_total) * dns_endpoints(t.target)
             except CallFailed as e:
-                log.warning("%s; assuming one slot", e)
+                log.warning("%s; keeping %d slot(s)", e, t.slots)
+                continue
+            with self._cond:
+                if slots != t.slots:
+                    log.info("trainer %s: %d slot(s), was %d", t.target, slots, t.slots)
+                t.slots = slots
+                self._cond.notify_all()
         return sum(t.slots for t in self.trainers)
+
+    def task(self, name: str) -> trainer_pb2.TaskInfo:
+        """The task's description and seeds, from the first trainer that answers."""
+        problem: CallFailed | None = None
+        for t in self.trainers:
+            try:
+                return call_with_retries(
+                    lambda t=t: t.stub.GetTask(trainer_pb2.GetTaskRequest(name=name), timeout=30),
+                    f"trainer {t.target} GetTask",
+                    self.attempts,
+                )
+            except CallFailed as e:
+                if e.code not in RETRYABLE:
+                    raise
+                problem = e
+        assert problem is not None
+        raise problem
+
+    def evaluate(
+        self, request: trainer_pb2.EvaluateRequest, timeout: float
+    ) -> trainer_pb2.EvaluateResponse:
+        """One evaluation, moved to another trainer when one fails for its own reasons.
+
+        A busy trainer (RESOURCE_EXHAUSTED: shared with other controllers) is waited
+        for without using up an attempt; a trainer that is down, cut off or failing
+        inside (INTERNAL) uses one, and the next attempt goes elsewhere if it can.
+        Returns the trainer's answer (an INTERNAL one after the last attempt, as it is);
+        raises CallFailed when no trainer could be asked.
+        """
+        failures, busy = 0, 0
+        last: Trainer | None = None
+        problem: CallFailed | trainer_pb2.EvaluateResponse | None = None
+        while failures < self.attempts:
+            trainer = self.acquire(avoid=last)
+            try:
+                reply = trainer.stub.Evaluate(request, timeout=timeout)
+            except grpc.RpcError as e:
+                code = e.code()  # type: ignore[attr-defined]
+                problem = CallFailed(f"trainer {trainer.target} Evaluate", code, e.details())  # type: ignore[attr-defined]
+                if code not in RETRYABLE:
+                    raise problem from None
+            else:
+                if reply.status != common.EVAL_STATUS_INTERNAL:
+                    return reply
+                problem = reply
+            finally:
+                self.release(trainer)
+            last = trainer
+            if (
+                isinstance(problem, CallFailed)
+                and problem.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            ):
+                busy += 1
+                time.sleep(Backoff().delay(min(busy, 6)))
+                continue
+            failures += 1
+            log.info("evaluation attempt %d of %d failed: %s", failures, self.attempts, problem)
+            if failures < self.attempts:
+                time.sleep(Backoff().delay(failures))
+        if isinstance(problem, CallFailed):
+            raise problem
+        assert problem is not None
+        return problem
 
     def acquire(self, avoid: Trainer | None = None) -> Trainer:
         """A trainer with a free slot; with several trainers, never `avoid` (the one that

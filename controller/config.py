@@ -16,8 +16,14 @@ from typing import Any
 
 import yaml
 
-METHODS = ("evoprompting", "evoprompting-no-tuning", "random-parents", "few-shot", "mutation")
-TUNE_ON = ("not-selected", "all")
+from controller import population
+from controller.population import FEW_SHOT_BUDGETS, METHODS, POPULATIONS, RETIRED_MEANINGS, TUNE_ON
+
+# What the paper's prompts imply ends a sampled program: the next example's metrics.
+PAPER_STOP = ['\n"""Metrics']
+# Today's earlier choice, kept for small models (examples/demo.yaml): a new top-level
+# definition also ends the program, since a small model rambles on with helpers.
+SMALL_MODEL_STOP = ['\n"""Metrics', "\nclass ", "\ndef ", "\n```"]
 
 
 class ConfigError(ValueError):
@@ -26,7 +32,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class EvolutionConfig:
-    """The paper's loop parameters (T, m, n, k, p, alpha) and its two ambiguous rules."""
+    """The paper's loop parameters (T, m, n, k, p, alpha) and its ambiguous rules.
+
+    The rules themselves live in controller/population.py, unit-tested one by one."""
 
     rounds: int = 10
     prompts_per_round: int = 10
@@ -35,8 +43,18 @@ class EvolutionConfig:
     population_size: int = 10
     alpha: float = 0.5
     temperatures: list[float] = field(default_factory=lambda: [0.2, 0.6, 0.8, 1.0])
+    # Who the history G holds: "paper" (Algorithm 1: children only, so the seeds are
+    # parents in round 1 only and never the result) or "seeds-stay" (the seeds compete
+    # with the children for the top p for the whole search).
+    population: str = "paper"
     # The paper's text: a model once chosen as a parent leaves the pool for later rounds.
     retire_parents: bool = False
+    # Which models retire: "selected" (the paper's words: chosen by GETTOP) or "shown"
+    # (shown as a parent in an earlier prompt).
+    retired_means: str = "selected"
+    # The naive few-shot baseline's budget (T x m x n samples in one round):
+    # "more-samples" (the paper: m prompts of T x n samples) or "more-prompts" (T x m of n).
+    few_shot_budget: str = "more-samples"
     # Soft prompt-tuning data: "not-selected" (Algorithm 1) or "all" (the figure caption).
     tune_on: str = "not-selected"
     # The `mutation` baseline: regularised evolution's tournament size.
@@ -61,11 +79,17 @@ class TrainingConfig:
 
 @dataclass
 class ProposerConfig:
+    """Decoding. Defaults are the paper's: mixed temperature only (no top_p cut), the
+    prompt is the parents and the target (no header), a program ends at the next metrics
+    docstring. examples/demo.yaml keeps the choices that serve a small model."""
+
     max_new_tokens: int = 512
-    top_p: float = 0.95
-    # A new top-level definition ends the program (the prompt opens one class or
-    # function): a small model otherwise rambles on with helpers nothing calls.
-    stop: list[str] = field(default_factory=lambda: ['\n"""Metrics', "\nclass ", "\ndef ", "\n```"])
+    # 1.0: no nucleus cut (the paper names none); 0.95 helps a small model.
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=lambda: list(PAPER_STOP))
+    # Show the task's natural-language header (what the inputs are, imports) before the
+    # parents. The paper's prompt has none.
+    prompt_header: bool = False
 
 
 @dataclass
@@ -114,7 +138,20 @@ class SearchConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "SearchConfig":
-        return _build(cls, json.loads(text), "config")
+        """The stored config. One stored before the paper's population and decoding were
+        keys (no `evolution.population`) ran with the earlier choices, so it resumes with
+        them rather than switching rules halfway."""
+        stored = json.loads(text)
+        evolution = stored.get("evolution") if isinstance(stored, dict) else None
+        if isinstance(evolution, dict) and "population" not in evolution:
+            evolution.update(population="seeds-stay", retired_means="shown")
+            evolution.setdefault("few_shot_budget", "more-prompts")
+            proposer = stored.setdefault("proposer", {})
+            if isinstance(proposer, dict):
+                proposer.setdefault("top_p", 0.95)
+                proposer.setdefault("stop", list(SMALL_MODEL_STOP))
+                proposer.setdefault("prompt_header", True)
+        return _build(cls, stored, "config")
 
     @property
     def uses_language_model(self) -> bool:
@@ -122,7 +159,27 @@ class SearchConfig:
 
     @property
     def tunes(self) -> bool:
-        return self.tuning.enabled and self.method in ("evoprompting", "random-parents")
+        return population.plan(self.rules).tune
+
+    @property
+    def rules(self) -> population.Rules:
+        """The slice of this config that Algorithm 1's rules read."""
+        e = self.evolution
+        return population.Rules(
+            method=self.method,
+            rounds=e.rounds,
+            prompts_per_round=e.prompts_per_round,
+            samples_per_prompt=e.samples_per_prompt,
+            parents_per_prompt=e.parents_per_prompt,
+            population_size=e.population_size,
+            alpha=e.alpha,
+            population=e.population,
+            retire_parents=e.retire_parents,
+            retired_means=e.retired_means,
+            tune_on=e.tune_on,
+            few_shot_budget=e.few_shot_budget,
+            tuning_enabled=self.tuning.enabled,
+        )
 
 
 def load(path: Path) -> SearchConfig:
@@ -269,6 +326,21 @@ def _check(built: Any, value: Any, path: str) -> None:
             "must be a non-empty list of temperatures >= 0",
         )
         need(built.tune_on in TUNE_ON, "tune_on", f"must be one of {', '.join(TUNE_ON)}")
+        need(
+            built.population in POPULATIONS,
+            "population",
+            f"must be one of {', '.join(POPULATIONS)}",
+        )
+        need(
+            built.retired_means in RETIRED_MEANINGS,
+            "retired_means",
+            f"must be one of {', '.join(RETIRED_MEANINGS)}",
+        )
+        need(
+            built.few_shot_budget in FEW_SHOT_BUDGETS,
+            "few_shot_budget",
+            f"must be one of {', '.join(FEW_SHOT_BUDGETS)}",
+        )
         need(built.tournament_size >= 1, "tournament_size", "must be at least 1")
     elif isinstance(built, TrainingConfig):
         need(built.steps >= 1, "steps", "must be at least 1")

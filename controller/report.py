@@ -28,6 +28,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import BoundaryNorm
 from matplotlib.lines import Line2D
 
+from controller import analysis, population
+from controller.config import ConfigError, SearchConfig
+
 SCORED = pb.CANDIDATE_STATE_SCORED
 SEED = pb.CANDIDATE_ORIGIN_SEED
 SEED_STYLE: dict[str, Any] = {"marker": "*", "s": 120, "color": "black", "label": "seed"}
@@ -36,6 +39,7 @@ ROUND_STYLE: dict[str, Any] = {"cmap": "viridis", "s": 30, "alpha": 0.85, "edgec
 FRONT_STYLE: dict[str, Any] = {"color": "crimson", "marker": "o", "mfc": "none", "ms": 9}
 BEST_STYLE: dict[str, Any] = {"color": "crimson", "marker": "o", "lw": 2, "label": "best so far"}
 RING_STYLE: dict[str, Any] = {"fc": "none", "ec": "crimson", "linewidths": 1.5, "zorder": 4}
+TOP_FRONT_STYLE: dict[str, Any] = {"color": "darkorange", "lw": 2, "ls": "--"}
 
 
 @dataclass
@@ -77,10 +81,22 @@ def fetch(stub: pb_grpc.LineageStub, search_id: int, top: int, timeout: float) -
         pb.GetParetoFrontRequest(search_id=search_id, error_metric=pb.ERROR_METRIC_TEST),
         timeout=timeout,
     )
-    best = stub.GetPopulation(pb.GetPopulationRequest(search_id=search_id, k=top), timeout=timeout)
     return SearchData(
-        search, candidates, list(rounds.rounds), list(front.points), list(best.candidates)
+        search, candidates, list(rounds.rounds), list(front.points), best(search, candidates, top)
     )
+
+
+def best(search: pb.Search, candidates: list[pb.Candidate], top: int) -> list[pb.Candidate]:
+    """What the search returns (population.result under its stored config: the best
+    children under the paper's population), at most `top` of them."""
+    try:
+        rules = SearchConfig.from_json(search.config_json).rules
+    except (ConfigError, ValueError):
+        rules = population.Rules(population=population.SEEDS_STAY)
+    rules = population.Rules(**{**rules.__dict__, "population_size": top})
+    scored = {c.id: c for c in _scored(candidates)}
+    members = [population.Member(c.id, c.round_index, c.fitness) for c in scored.values()]
+    return [scored[m.id] for m in population.result(rules, members)]
 
 
 def _opt(message: Any, field: str) -> Any:
@@ -146,6 +162,15 @@ def plot_pareto(ax: Axes, data: SearchData) -> None:
     if data.front:
         front = [(p.num_params, p.error) for p in data.front]
         ax.step(*zip(*front, strict=True), where="post", zorder=3, **FRONT_STYLE)
+    top_front = analysis.top_pareto_front(
+        [
+            analysis.Point(c.id, c.fitness, c.evaluation.metrics.num_params, _test_error(c) or 0)
+            for c in kids
+        ]
+    )
+    if top_front:
+        xy = [(p.num_params, p.error) for p in top_front]
+        ax.step(*zip(*xy, strict=True), where="post", zorder=4, **TOP_FRONT_STYLE)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test error (1 - test accuracy)")
@@ -154,6 +179,9 @@ def plot_pareto(ax: Axes, data: SearchData) -> None:
             Line2D([], [], marker="*", ls="", color="black", ms=12, label="seed"),
             Line2D([], [], marker="o", ls="", color="tab:green", label="child (colour = round)"),
             Line2D([], [], color="crimson", label="Pareto front"),
+            Line2D(
+                [], [], label="front of the top 20 children (paper, Fig. 2a)", **TOP_FRONT_STYLE
+            ),
         ],
         loc="best",
         framealpha=0.9,
@@ -179,6 +207,32 @@ def plot_fitness(ax: Axes, data: SearchData) -> None:
     values = [-(_fitness(c) or 0.0) for c in scored] + [b[1] for b in best]
     ax.set_yscale("log" if all(v > 0 for v in values) else "symlog")
     _round_axis(ax, [c.round_index for c in scored] + [b[0] for b in best])
+    ax.set_ylabel("-fitness = params x val error (lower is better)")
+    ax.legend(loc="upper right")
+    ax.grid(True, which="major", alpha=0.25)
+
+
+def children_fitness(candidates: list[pb.Candidate]) -> list[float | None]:
+    """Every child in the order generated, its fitness if scored (the bootstrap's input)."""
+    kids = sorted((c for c in candidates if c.origin != SEED), key=lambda c: c.id)
+    return [_fitness(c) if c.state == SCORED else None for c in kids]
+
+
+def plot_curve(ax: Axes, data: SearchData) -> None:
+    ax.set_title("Best fitness against children generated (bootstrap: 100 samples of 20)")
+    curve = analysis.bootstrap_best_fitness(children_fitness(data.candidates))
+    if not curve:
+        return _nothing(ax, "no scored child yet")
+    xs = [p.children for p in curve]
+    ax.fill_between(xs, [-p.low for p in curve], [-p.high for p in curve], alpha=0.25,
+                    color="tab:blue", step="post", label="10th-90th percentile")  # fmt: skip
+    ax.step(xs, [-p.mean for p in curve], where="post", color="tab:blue", label="mean")
+    seeds = [-(_fitness(c) or 0.0) for c in _scored(data.candidates) if c.origin == SEED]
+    if seeds:
+        ax.axhline(min(seeds), ls=":", color="black", label="best seed")
+    values = [-p.low for p in curve] + [-p.high for p in curve] + seeds
+    ax.set_yscale("log" if all(v > 0 for v in values) else "symlog")
+    ax.set_xlabel("children generated")
     ax.set_ylabel("-fitness = params x val error (lower is better)")
     ax.legend(loc="upper right")
     ax.grid(True, which="major", alpha=0.25)
@@ -355,7 +409,7 @@ def write_report(
     top: int | None = None,
     timeout: float = 30.0,
 ) -> Path:
-    """Write index.html and the three PNGs for one search into out_dir; return index.html.
+    """Write index.html and the four PNGs for one search into out_dir; return index.html.
 
     `top` defaults to the search's population size p (what the search returns), else 10.
     """
@@ -369,6 +423,7 @@ def write_report(
     figures = [
         ("pareto", plot_pareto, (9.0, 5.5)),
         ("fitness", plot_fitness, (9.0, 5.5)),
+        ("curve", plot_curve, (9.0, 5.5)),
         ("lineage", plot_lineage, _lineage_size(data)),
     ]
     for name, plot, size in figures:
@@ -382,7 +437,8 @@ def write_report(
         f"<title>evo search {s.id}: {_e(s.name)}</title><style>{CSS}</style></head><body>\n"
         f"{_search_html(s)}\n<h2>Rounds</h2>{_rounds_html(data.rounds)}\n"
         f"<h2>Figures</h2>{''.join(images)}\n"
-        f"<h2>Top {len(data.top)} candidates by fitness</h2>{_top_html(data)}\n</body></html>\n"
+        f"<h2>The search's result: top {len(data.top)} by fitness</h2>{_top_html(data)}\n"
+        "</body></html>\n"
     )
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -11,39 +11,31 @@ children, record each one (the store marks duplicates), send every new one to a
 trainer at once while the next prompt is sampled, and wait for the scores. Between
 rounds (not after the last) the language model's soft prompt is tuned on the round's
 scored children.
+
+The rules (who may be a parent, the draws, the alpha filter, the tuning set, the
+budget, the result) are controller/population.py's; retries and failover are the
+clients'. This module is the order of the steps and what is recorded.
 """
 
 import logging
-import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
 
 import grpc
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from evo.v1 import proposer_pb2, trainer_pb2
 
-from controller import lineage_views, mutations, prompts
-from controller.clients import (
-    RETRYABLE,
-    Backoff,
-    CallFailed,
-    Lineage,
-    Proposer,
-    Trainer,
-    Trainers,
-    call_with_retries,
-)
+from controller import lineage_views, mutations, population, prompts
+from controller.clients import CallFailed, Lineage, Proposer, Trainers
 from controller.config import SearchConfig
+from controller.population import Member
 from controller.progress import Progress
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PYTORCH = trainer_pb2.PROGRAM_LANGUAGE_PYTORCH
 SCORED = pb.CANDIDATE_STATE_SCORED
@@ -53,6 +45,11 @@ FAILED = pb.CANDIDATE_STATE_FAILED
 STOP_POLL_SECONDS = 2.0
 # An evaluation's deadline: the training wall time plus start-up and queueing.
 EVALUATE_MARGIN_SECONDS = 180.0
+# The proposal service's limit on samples in one Generate call.
+MAX_SAMPLES_PER_CALL = 64
+# Evaluation threads when services.max_in_flight is 0: the trainers' live slots (read
+# every round) decide how many of them train at once.
+MAX_EVALUATION_THREADS = 64
 RESUMABLE = (
     pb.SEARCH_STATE_CREATED,
     pb.SEARCH_STATE_RUNNING,
@@ -62,25 +59,13 @@ RESUMABLE = (
 )
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The rounds a method runs: few-shot is one round with the same sample budget."""
-
-    rounds: int
-    prompts_per_round: int
-    tune: bool
-
-    @classmethod
-    def of(cls, config: SearchConfig) -> "Plan":
-        evo = config.evolution
-        if config.method == "few-shot":
-            return cls(1, evo.rounds * evo.prompts_per_round, tune=False)
-        return cls(evo.rounds, evo.prompts_per_round, tune=config.tunes)
-
-
 def fitness_key(c: pb.Candidate) -> tuple[float, int]:
     """Best first; ties go to the earlier candidate, so the order is reproducible."""
     return (-c.fitness, c.id)
+
+
+def member(c: pb.Candidate) -> Member:
+    return Member(c.id, c.round_index, c.fitness)
 
 
 def example(c: pb.Candidate) -> prompts.Example:
@@ -116,8 +101,14 @@ class Search:
         self.trainers = trainers
         self.proposer = proposer
         self.progress = progress
-        self.plan = Plan.of(config)
+        self.rules = config.rules
+        self.plan = population.plan(self.rules)
         self.stop_event = stop or threading.Event()
+        # The config decides how hard the clients try; a stop ends a proposer's waiting.
+        trainers.attempts = config.services.attempts
+        if proposer is not None:
+            proposer.attempts = max(proposer.attempts, config.services.attempts)
+            proposer.should_stop = self.stop_event.is_set
         self._last_poll = 0.0
         self._lock = threading.Lock()
         self._futures: list[Future[None]] = []
@@ -128,14 +119,14 @@ class Search:
     # ------------------------------------------------------------ the whole search
 
     def run(self) -> list[pb.Candidate]:
-        """Run (or resume) to the end or to a stop; returns the top p of everything scored."""
+        """Run (or resume) to the end or to a stop; returns the search's result (`top`)."""
         self.lineage(
             "UpdateSearchState",
             pb.UpdateSearchStateRequest(search_id=self.id, state=pb.SEARCH_STATE_RUNNING),
         )
-        slots = self.trainers.discover(self.config.services.attempts)
-        in_flight = self.config.services.max_in_flight or slots
-        self.task = self._task()
+        self.trainers.discover()
+        threads = self.config.services.max_in_flight or MAX_EVALUATION_THREADS
+        self.task = self.trainers.task(self.config.task)
         if self.config.method == "mutation" and self.task.language != PYTORCH:
             raise RuntimeError(
                 f"the mutation baseline's hand-written mutations edit PyTorch models; task "
@@ -146,7 +137,7 @@ class Search:
             self.info = self._proposer_info()
         self.progress.update(rounds=self.plan.rounds)
         try:
-            with ThreadPoolExecutor(in_flight, thread_name_prefix="evaluate") as pool:
+            with ThreadPoolExecutor(threads, thread_name_prefix="evaluate") as pool:
                 self.pool = pool
                 self._seed_round()
                 done = {r.round_index: r for r in self._rounds()}
@@ -166,8 +157,11 @@ class Search:
         return top
 
     def top(self) -> list[pb.Candidate]:
-        scored = self._candidates(states=[SCORED], code=True)
-        return sorted(scored, key=fitness_key)[: self.config.evolution.population_size]
+        """What the search returns: GETTOP(G, p), the best children under the paper's
+        population (the seeds too under `seeds-stay`)."""
+        scored = {c.id: c for c in self._candidates(states=[SCORED], code=True)}
+        best = population.result(self.rules, [member(c) for c in scored.values()])
+        return [scored[m.id] for m in best]
 
     # ------------------------------------------------------------ rounds
 
@@ -198,6 +192,7 @@ class Search:
     def _round(self, r: int) -> None:
         self.progress.update(round_index=r, phase="generating")
         self.progress.note(f"round {r} of {self.plan.rounds}")
+        self.trainers.discover()  # trainers scaled up or started late join from here
         self._record_round(r, pb.ROUND_STATE_GENERATING)
         existing = self._candidates(round_index=r, code=True)  # pending ones are trained
         for c in existing:
@@ -227,20 +222,19 @@ class Search:
 
     def _prompt_and_sample(self, r: int, existing: list[pb.Candidate]) -> None:
         assert self.task is not None and self.proposer is not None
-        pool = self._parent_pool(r)
         evo = self.config.evolution
+        pool = self._parent_pool(r)
         adapter = self._adapter_for(r)
+        header = self.task.prompt_header if self.config.proposer.prompt_header else ""
         for i in range(self.plan.prompts_per_round):
             self._check_stop()
-            rng = random.Random(f"{self.config.seed}:{r}:{i}")
-            parents = [rng.choice(pool) for _ in range(evo.parents_per_prompt)]
+            rng = population.prompt_rng(self.config.seed, r, i)
+            drawn = population.draw_parents([member(c) for c in pool], evo.parents_per_prompt, rng)
+            by_id = {c.id: c for c in pool}
+            parents = [by_id[m.id] for m in drawn]
             temperature = rng.choice(evo.temperatures)
             sampling_seed = rng.randrange(1, 2**62)
-            built = prompts.build(
-                self.task.prompt_header,
-                [example(p) for p in parents],
-                self.task.program_opening,
-            )
+            built = prompts.build(header, [example(p) for p in parents], self.task.program_opening)
             prompt = self.lineage(
                 "RecordPrompt",
                 pb.RecordPromptRequest(
@@ -254,14 +248,24 @@ class Search:
                 ),
             ).prompt
             done = {c.sample_index for c in existing if c.prompt_id == prompt.id}
-            missing = [j for j in range(evo.samples_per_prompt) if j not in done]
-            if missing:
-                self._sample(prompt, missing, sampling_seed, adapter)
+            # A proposer takes at most MAX_SAMPLES_PER_CALL samples a call: the few-shot
+            # baseline's 160 go in several calls, each seeded by where it starts.
+            n = self.plan.samples_per_prompt
+            for first in range(0, n, MAX_SAMPLES_PER_CALL):
+                indices = range(first, min(n, first + MAX_SAMPLES_PER_CALL))
+                missing = [j for j in indices if j not in done]
+                if missing:
+                    self._sample(prompt, indices, missing, sampling_seed + first, adapter)
 
     def _sample(
-        self, prompt: pb.Prompt, missing: list[int], sampling_seed: int, adapter: str
+        self,
+        prompt: pb.Prompt,
+        indices: range,
+        missing: list[int],
+        sampling_seed: int,
+        adapter: str,
     ) -> None:
-        """Sample the prompt's n children and record the ones not recorded yet."""
+        """Sample the prompt's children `indices` in one call; record those `missing`."""
         assert self.proposer is not None and self.task is not None and self.info is not None
         cfg = self.config
         sampling = common.SamplingParams(
@@ -273,7 +277,7 @@ class Search:
         )
         request = proposer_pb2.GenerateRequest(
             prompt=prompt.text,
-            num_samples=cfg.evolution.samples_per_prompt,
+            num_samples=len(indices),
             sampling=sampling,
             adapter_id=adapter,
             program_opening=self.task.program_opening,
@@ -291,14 +295,9 @@ class Search:
             proposer=settings,
             adapter_id=adapter,
         )
-        stub = self.proposer.stub
-        timeout = cfg.services.generate_timeout_seconds
         started = time.monotonic()
         try:
-            reply = self._patiently(
-                lambda: stub.Generate(request, timeout=timeout),
-                f"proposer {self.proposer.target} Generate",
-            )
+            reply = self.proposer.generate(request, cfg.services.generate_timeout_seconds)
         except CallFailed as e:
             self.progress.notice(f"prompt {prompt.prompt_index} of round {prompt.round_index}: {e}")
             for j in missing:
@@ -311,9 +310,9 @@ class Search:
             return
         outcomes: Counter[str] = Counter()
         for j in missing:
-            if j >= len(reply.samples):
+            if j - indices.start >= len(reply.samples):
                 break
-            s = reply.samples[j]
+            s = reply.samples[j - indices.start]
             child = pb.RecordCandidateRequest()
             child.CopyFrom(base)
             child.sample_index = j
@@ -347,14 +346,14 @@ class Search:
         """Regularised evolution, one batch a round: tournaments over the p youngest."""
         evo = self.config.evolution
         scored = self._candidates(states=[SCORED], before_round=r, code=True)
-        population = sorted(scored, key=lambda c: c.id)[-evo.population_size :]
+        youngest = sorted(scored, key=lambda c: c.id)[-evo.population_size :]
         done = {c.sample_index for c in existing}
         for j in range(self.plan.prompts_per_round * evo.samples_per_prompt):
             self._check_stop()
             if j in done:
                 continue
-            rng = random.Random(f"{self.config.seed}:{r}:{j}")
-            tournament = rng.sample(population, min(evo.tournament_size, len(population)))
+            rng = population.prompt_rng(self.config.seed, r, j)
+            tournament = rng.sample(youngest, min(evo.tournament_size, len(youngest)))
             parent = min(tournament, key=fitness_key)
             mutation = mutations.mutate(parent.code, rng)
             request = pb.RecordCandidateRequest(
@@ -375,25 +374,20 @@ class Search:
     # ------------------------------------------------------------ parents
 
     def _parent_pool(self, r: int) -> list[pb.Candidate]:
-        """Who may be a parent in round r: the top p of everything scored before it."""
-        evo = self.config.evolution
-        scored = sorted(
-            self._candidates(states=[SCORED], before_round=r, code=True), key=fitness_key
+        """Who may be a parent in round r (population.parent_pool decides)."""
+        scored = {c.id: c for c in self._candidates(states=[SCORED], before_round=r, code=True)}
+        pool = population.parent_pool(
+            self.rules, [member(c) for c in scored.values()], r, self._shown(r)
         )
-        if self.config.method in ("random-parents", "few-shot"):
-            return scored  # uniformly from the whole history (few-shot: the seeds)
-        if evo.retire_parents:
-            retired = {
-                p
-                for c in self._candidates(before_round=r)
-                if c.origin == pb.CANDIDATE_ORIGIN_LANGUAGE_MODEL
-                for p in c.parent_ids
-            }
-            fresh = [c for c in scored if c.id not in retired]
-            if fresh:
-                return fresh[: evo.population_size]
-            self.progress.notice(f"round {r}: every scored model has retired; reusing the top p")
-        return scored[: evo.population_size]
+        return [scored[m.id] for m in pool]
+
+    def _shown(self, before_round: int) -> dict[int, set[int]]:
+        """The ids shown as parents in each earlier round's prompts."""
+        shown: dict[int, set[int]] = {}
+        for c in self._candidates(before_round=before_round):
+            if c.origin == pb.CANDIDATE_ORIGIN_LANGUAGE_MODEL:
+                shown.setdefault(c.round_index, set()).update(c.parent_ids)
+        return shown
 
     # ------------------------------------------------------------ prompt-tuning
 
@@ -412,10 +406,15 @@ class Search:
                 "skipping soft prompt-tuning"
             )
             return self._adapter_for(r + 1), None
-        children = self._candidates(states=[SCORED], round_index=r, code=True)
-        if self.config.evolution.tune_on == "not-selected":
-            chosen = {c.id for c in self.top()}
-            children = [c for c in children if c.id not in chosen]
+        scored = self._candidates(states=[SCORED], before_round=r + 1, code=True)
+        next_parents = population.populations(
+            self.rules, [member(c) for c in scored], r + 1, self._shown(r + 1)
+        )[r + 1]
+        round_children = {c.id: c for c in scored if c.round_index == r}
+        chosen = population.tuning_set(
+            self.rules, [member(c) for c in round_children.values()], next_parents
+        )
+        children = [round_children[m.id] for m in chosen]
         if not children:
             self.progress.notice(f"round {r}: no scored children to tune on; prompt kept")
             return self._adapter_for(r + 1), None
@@ -431,11 +430,9 @@ class Search:
             seed=self.config.seed * 1000 + r + 1,
             init_adapter_id=self._adapter_for(r),
         )
-        stub, timeout = self.proposer.stub, self.config.services.tuning_timeout_seconds
         try:
-            reply = self._patiently(
-                lambda: stub.TrainSoftPrompt(request, timeout=timeout),
-                f"proposer {self.proposer.target} TrainSoftPrompt",
+            reply = self.proposer.train_soft_prompt(
+                request, self.config.services.tuning_timeout_seconds
             )
         except CallFailed as e:
             self.progress.notice(f"round {r}: prompt-tuning failed, prompt kept: {e}")
@@ -485,7 +482,9 @@ class Search:
             request_id=f"search-{self.id}-candidate-{c.id}",
         )
         try:
-            reply = self._evaluate_anywhere(request)
+            reply = self.trainers.evaluate(
+                request, timeout=t.wall_seconds + EVALUATE_MARGIN_SECONDS
+            )
             evaluation = pb.Evaluation(
                 status=reply.status,
                 message=reply.message,
@@ -503,11 +502,15 @@ class Search:
                 status=common.EVAL_STATUS_INTERNAL, message=str(e)[:2000], task=cfg.task
             )
         record = pb.RecordEvaluationRequest(candidate_id=c.id, evaluation=evaluation)
-        error = evaluation.metrics.best_val_error
-        ok = evaluation.status == common.EVAL_STATUS_OK
-        if ok and c.round_index > 0 and error >= cfg.evolution.alpha:
-            record.state = pb.CANDIDATE_STATE_FILTERED
-            record.reason = f"validation error {error:.3f} is not below alpha {cfg.evolution.alpha}"
+        m = evaluation.metrics
+        error = m.best_val_error
+        if evaluation.status == common.EVAL_STATUS_OK:
+            record.fitness = population.fitness(m.num_params, error)
+            if c.round_index > 0 and not population.passes_alpha(error, cfg.evolution.alpha):
+                record.state = pb.CANDIDATE_STATE_FILTERED
+                record.reason = (
+                    f"validation error {error:.3f} is not below alpha {cfg.evolution.alpha}"
+                )
         try:
             stored = self.lineage("RecordEvaluation", record).candidate
         except CallFailed as e:
@@ -537,71 +540,7 @@ class Search:
         else:
             self.progress.add(failed=1)
 
-    def _evaluate_anywhere(
-        self, request: trainer_pb2.EvaluateRequest
-    ) -> trainer_pb2.EvaluateResponse:
-        """One evaluation, moved to another trainer when one fails for its own reasons.
-
-        A busy trainer (RESOURCE_EXHAUSTED: shared with other controllers) is waited
-        for without using up an attempt; a trainer that is down, cut off or failing
-        inside (INTERNAL) uses one, and the next attempt goes elsewhere if it can.
-        """
-        timeout = self.config.training.wall_seconds + EVALUATE_MARGIN_SECONDS
-        attempts, failures, busy = self.config.services.attempts, 0, 0
-        last: Trainer | None = None
-        problem: CallFailed | trainer_pb2.EvaluateResponse | None = None
-        while failures < attempts:
-            trainer = self.trainers.acquire(avoid=last)
-            try:
-                reply = trainer.stub.Evaluate(request, timeout=timeout)
-            except grpc.RpcError as e:
-                code = e.code()  # type: ignore[attr-defined]
-                problem = CallFailed(f"trainer {trainer.target} Evaluate", code, e.details())  # type: ignore[attr-defined]
-                if code not in RETRYABLE:
-                    raise problem from None
-            else:
-                if reply.status != common.EVAL_STATUS_INTERNAL:
-                    return reply
-                problem = reply
-            finally:
-                self.trainers.release(trainer)
-            last = trainer
-            if (
-                isinstance(problem, CallFailed)
-                and problem.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            ):
-                busy += 1
-                time.sleep(Backoff().delay(min(busy, 6)))
-                continue
-            failures += 1
-            log.info("evaluation attempt %d of %d failed: %s", failures, attempts, problem)
-            if failures < attempts:
-                time.sleep(Backoff().delay(failures))
-        if isinstance(problem, CallFailed):
-            raise problem
-        assert problem is not None
-        return problem  # the trainer's INTERNAL answer, recorded as it is
-
     # ------------------------------------------------------------ store and services
-
-    def _patiently(self, fn: Callable[[], T], what: str) -> T:
-        """A proposer call: a model server restarting can take minutes, so wait for it."""
-        return call_with_retries(
-            fn,
-            what,
-            attempts=max(self.config.services.attempts, 10),
-            should_stop=self.stop_event.is_set,
-        )
-
-    def _task(self) -> trainer_pb2.TaskInfo:
-        trainer = self.trainers.trainers[0]
-        return call_with_retries(
-            lambda: trainer.stub.GetTask(
-                trainer_pb2.GetTaskRequest(name=self.config.task), timeout=30
-            ),
-            f"trainer {trainer.target} GetTask",
-            self.config.services.attempts,
-        )
 
     def _choose_seeds(self) -> None:
         """Keep only the seeds the config names (`evolution.seeds`), in the task's order."""
@@ -622,11 +561,7 @@ class Search:
 
     def _proposer_info(self) -> proposer_pb2.ProposerInfo:
         assert self.proposer is not None
-        stub = self.proposer.stub
-        info = self._patiently(
-            lambda: stub.GetInfo(proposer_pb2.GetInfoRequest(), timeout=30),
-            f"proposer {self.proposer.target} GetInfo",
-        )
+        info = self.proposer.info()
         if self.plan.tune and not info.capabilities.prompt_tuning:
             self.progress.notice(
                 f"the proposer's {info.backend} backend cannot be prompt-tuned: this search "

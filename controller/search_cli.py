@@ -10,12 +10,13 @@ import click
 from evo.v1 import lineage_pb2 as pb
 from rich.console import Console
 
-from controller import addresses, stack
 from controller import lineage_views as views
+from controller import stack
 from controller.clients import CallFailed, Lineage, Proposer, Trainers, trainer_targets
 from controller.config import ConfigError, SearchConfig, load
 from controller.progress import Progress
 from controller.search import RESUMABLE, Search
+from services.common import addresses
 
 console = Console()
 STACK_HINT = "is the stack up? Start it with `evo up` (or point services: in the config at it)"

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controller import addresses
+from services.common import addresses
 
 # The first start of the `hf` backend converts the GGUF model file (about 40 s on 2 cores).
 READY_TIMEOUT_SECONDS = 600.0
@@ -93,7 +93,7 @@ def commands(
     lm_url: str | None = None,
     time_limit: float = 0,
 ) -> dict[str, list[str]]:
-    evo = [sys.executable, "-m", "controller.cli", "serve"]
+    evo = [sys.executable, "-m", "evo_cli", "serve"]
     ports = {name: port(name) for name in addresses.DEFAULT_PORTS}
     found = {
         "lineage": [*evo, "lineage", "--port", str(ports["lineage"])],

@@ -52,7 +52,7 @@ PRUNE = {
     "lm": {"llama-cpp-python", "llm"},
     "trainer-clrs": {"tensorflow", "tfds-nightly", "tensorflow-datasets"},
 }
-SOURCES = ["pyproject.toml", "README.md", "proto", "services", "controller"]
+SOURCES = ["pyproject.toml", "README.md", "proto", "services", "controller", "evo_cli"]
 # 1980-01-01, the earliest time a zip file can hold: wheels built from the same sources match.
 EPOCH = "315532800"
 

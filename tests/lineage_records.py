@@ -3,6 +3,8 @@
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 
+from controller import population
+
 
 def new_search(
     name: str = "s", config: str = '{"rounds": 2}', token: str = ""
@@ -62,6 +64,7 @@ def ok_eval(candidate_id: int, params: int, error: float, test_acc: float | None
         metrics.test_accuracy = test_acc
     return pb.RecordEvaluationRequest(
         candidate_id=candidate_id,
+        fitness=population.fitness(params, error),  # the controller computes it
         evaluation=pb.Evaluation(
             status=common.EVAL_STATUS_OK,
             metrics=metrics,

@@ -145,3 +145,27 @@ def test_serve_refuses_an_old_schema_without_migrating(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     result = evo("serve", "lineage", "--db", url, "--no-migrate", "--port", str(_free_port()))
     assert result.returncode == 1 and "run `evo db upgrade" in result.stderr
+
+
+def test_each_service_s_commands_stand_without_the_controller() -> None:
+    """The `evo` command is assembled in evo_cli/; a service's commands import no controller
+    code, and every default port comes from services/common/addresses.py."""
+    code = (
+        "import sys\n"
+        "import services.lineage.cli, services.trainer.cli, services.proposer.cli\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'controller'], 'controller'\n"
+        "from services.common.addresses import DEFAULT_PORTS\n"
+        "from services.lineage import server as l; from services.trainer import server as t\n"
+        "from services.proposer import server as p\n"
+        "assert (l.DEFAULT_PORT, t.DEFAULT_PORT, p.DEFAULT_PORT) == (\n"
+        "    DEFAULT_PORTS['lineage'], DEFAULT_PORTS['trainer'], DEFAULT_PORTS['proposer'])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    helps = {
+        name: subprocess.run(
+            [EVO, "serve", name, "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+        for name in ("lineage", "trainer", "lm")
+    }
+    assert "50051" in helps["lineage"] and "50052" in helps["trainer"]
+    assert "50053" in helps["lm"]

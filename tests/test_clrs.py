@@ -21,7 +21,7 @@ from evo.v1 import lineage_pb2_grpc as pb_grpc
 from evo.v1 import trainer_pb2
 
 from controller import config as search_config
-from controller.cli import main
+from evo_cli.main import main
 from services.lineage import server as lineage_server
 from services.lineage.rdb import RDBStorage
 from services.trainer import clrs_lib, tasks
@@ -36,6 +36,11 @@ if not tasks.clrs_available():
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "services" / "trainer" / "tasks" / "seeds" / "clrs"
+DMCLRS_SEEDS = ROOT / "services" / "trainer" / "tasks" / "seeds" / "clrs_dmclrs"
+PAPER_SEEDS = [
+    "v1_triplet_gmpnn", "v2_mlp_output", "v3_sum_aggregation", "v4_mlp_nodes", "v5_mlp_edges",
+    "v6_mlp_graph", "v7_mlp_nodes_no_graph", "v8_linear_tiled", "v9_bilinear",
+]  # fmt: skip
 TINY = "train=48,val=16,test=16,length=8,test_length=12,hidden=16,batch=8"
 BFS = f"clrs/bfs:{TINY}"
 STEPS = 40
@@ -72,7 +77,7 @@ def test_task_names_options_and_errors() -> None:
     with pytest.raises(ValueError, match="'nodes=8'"):
         tasks.get("clrs/bfs:nodes=8")
     seeds = dict(task.seeds())
-    assert len(seeds) == 9 and "triplet_gmpnn" in seeds
+    assert len(seeds) == 9 and "v1_triplet_gmpnn" in seeds
     for code in seeds.values():
         assert task.program_opening in code
 
@@ -126,14 +131,18 @@ def test_scores_are_clrs_own_and_malformed_predictions_are_refused(algorithm: st
         task.score({**right, kind: np.frombuffer(b"scalar", np.uint8)}, 2)
 
 
-def test_the_baseline_triplet_function_scores_in_the_bwrap_sandbox() -> None:
+def sandbox_run(path: Path, task: str = BFS, steps: int = STEPS) -> dict:  # type: ignore[type-arg]
     result = CliRunner().invoke(
         main,
-        ["sandbox", "run", str(SEEDS / "triplet_gmpnn.py"), "--task", BFS,
-         "--steps", str(STEPS), "--backend", "bwrap", "--json"],
+        ["sandbox", "run", str(path), "--task", task,
+         "--steps", str(steps), "--backend", "bwrap", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    return json.loads(result.output)
+
+
+def test_the_baseline_triplet_function_scores_in_the_bwrap_sandbox() -> None:
+    report = sandbox_run(SEEDS / "v1_triplet_gmpnn.py")
     assert report["status"] == "OK", report
     m = report["metrics"]
     # BFS parent pointers: chance is about 1/8 here; the published model learns it fast.
@@ -142,25 +151,80 @@ def test_the_baseline_triplet_function_scores_in_the_bwrap_sandbox() -> None:
     assert int(m["steps_completed"]) == STEPS and len(m["val_curve"]) >= 2
     assert int(m["num_params"]) > 5000
     assert report["sandbox"]["backend"] == "bwrap" and report["sandbox"]["isolated"]
+    # The same architecture in dm-clrs's own signature (its max and output layer fixed):
+    # the paper's wiring adds or loses no parameter.
+    old = sandbox_run(DMCLRS_SEEDS / "triplet_gmpnn.py", f"{BFS},triplet=dmclrs,optimizer=adam", 2)
+    assert old["status"] == "OK", old
+    assert old["metrics"]["num_params"] == m["num_params"]
+
+
+PAPER_HEADER = "import functools\n\nimport haiku as hk\nimport jax\nimport jax.numpy as jnp\n\n"
+TRIPLETS = """
+def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):
+  node = [hk.Linear(nb_triplet_fts)(z) for _ in range(3)]
+  edge = [hk.Linear(nb_triplet_fts)(edge_fts) for _ in range(3)]
+  triplets = functools.reduce(lambda x, y: x + y, [
+      jnp.expand_dims(t, axis=a) for t, a in zip(node, [(2, 3), (1, 3), (1, 2)])])
+  triplets += functools.reduce(lambda x, y: x + y, [
+      jnp.expand_dims(t, axis=a) for t, a in zip(edge, [3, 2, 1])])
+  return hk.Linear(out_size)({reduction})
+"""
+
+
+@pytest.mark.parametrize(
+    "reduction",
+    ["jnp.mean(triplets, axis=1)", "jnp.max(triplets, axis=1) - jnp.min(triplets, axis=1)"],
+    ids=["mean", "max-minus-min"],
+)
+def test_the_paper_signature_owns_its_reduction(tmp_path: Path, reduction: str) -> None:
+    """Mean and max-minus-min aggregation (two of the paper's discoveries) cannot be
+    written in dm-clrs's signature; in the paper's they train and score."""
+    path = tmp_path / "candidate.py"
+    path.write_text(PAPER_HEADER + TRIPLETS.format(reduction=reduction))
+    report = sandbox_run(path, steps=10)
+    assert report["status"] == "OK", report
+    assert report["metrics"]["best_val_accuracy"] > 0.2, report["metrics"]
+
+
+# Nine JAX compilations: about 20 s each on an idle 2-core machine, minutes under load.
+@pytest.mark.timeout(2400)
+def test_the_paper_seeds_are_the_default_and_all_nine_score(
+    trainer: trainer_server.Trainer,
+) -> None:
+    task = tasks.get(BFS)
+    seeds = dict(task.seeds())
+    assert list(seeds) == PAPER_SEEDS
+    assert task.program_opening.endswith("nb_triplet_fts, out_size):")
+    for name, code in seeds.items():
+        result = evaluate(trainer, code, steps=1)
+        assert result.status == common.EVAL_STATUS_OK, (name, result.message)
+        assert result.metrics.num_params > 0 and 0 <= result.metrics.best_val_error <= 1
+    dmclrs = tasks.get(f"{BFS},triplet=dmclrs")
+    assert "triplet_gmpnn" in dict(dmclrs.seeds())
+    assert dmclrs.program_opening.endswith("nb_triplet_fts):")
+    with pytest.raises(ValueError, match="triplet=tiny: one of paper, dmclrs"):
+        tasks.get(f"{BFS},triplet=tiny")
 
 
 @pytest.fixture(scope="module")
 def trainer() -> Iterator[trainer_server.Trainer]:
     t = trainer_server.Trainer(
         trainer_server.TrainerConfig(
-            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=120, memory_bytes=4 * GIB)
+            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=300, memory_bytes=4 * GIB)
         )
     )
     yield t
     t.close()
 
 
-def evaluate(trainer: trainer_server.Trainer, code: str) -> trainer_pb2.EvaluateResponse:
+def evaluate(
+    trainer: trainer_server.Trainer, code: str, steps: int = 5
+) -> trainer_pb2.EvaluateResponse:
     return trainer.evaluate(
         trainer_pb2.EvaluateRequest(
             program=trainer_pb2.Program(code=code, language=trainer_pb2.PROGRAM_LANGUAGE_JAX),
             task=BFS,
-            budget=trainer_pb2.Budget(steps=5),
+            budget=trainer_pb2.Budget(steps=steps, eval_every=steps),
         )
     )
 
@@ -171,14 +235,14 @@ HEADER = "import haiku as hk\nimport jax\nimport jax.numpy as jnp\n\n"
 @pytest.mark.parametrize(
     ("code", "status", "message"),
     [
-        (HEADER + "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):\n  return (",
-         common.EVAL_STATUS_INVALID, "syntax error"),
+        (HEADER + "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):\n"
+         "  return (", common.EVAL_STATUS_INVALID, "syntax error"),
         (HEADER + "def triplets(z):\n  return z\n", common.EVAL_STATUS_INVALID,
-         "no get_triplet_msgs"),
-        # A (B, N, H) message where (B, N, N, N, H) is needed: the processor cannot build.
-        (HEADER + "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):\n"
-         "  return hk.Linear(nb_triplet_fts)(z)\n", common.EVAL_STATUS_INVALID,
-         "does not build"),
+         "no get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size)"),
+        # A (B, N, H) message where (B, N, N, out_size) is needed: the processor says so.
+        (HEADER + "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):\n"
+         "  return hk.Linear(out_size)(z)\n", common.EVAL_STATUS_INVALID,
+         "the processor needs (B, N, N, out_size)"),
     ],
 )  # fmt: skip
 def test_broken_triplet_functions_are_reported(
@@ -209,7 +273,7 @@ def clrs_stack(tmp_path: Path) -> Iterator[Stack]:
     lineage = lineage_server.start(storage, "127.0.0.1", 0)
     trainer = trainer_server.Trainer(
         trainer_server.TrainerConfig(
-            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=120, memory_bytes=4 * GIB)
+            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=300, memory_bytes=4 * GIB)
         )
     )
     service = trainer_server.start(trainer, "127.0.0.1", 0)
@@ -233,7 +297,7 @@ def test_a_clrs_search_runs_end_to_end(clrs_stack: Stack, proposer: str) -> None
     config.evolution.samples_per_prompt = 2
     config.evolution.population_size = 2
     config.evolution.alpha = 0.9
-    config.evolution.seeds = ["triplet_gmpnn", "nodes_and_graph"]
+    config.evolution.seeds = ["v1_triplet_gmpnn", "v8_linear_tiled"]
     config.training.steps = 20
     config.training.wall_seconds = 120
     config.services.lineage = clrs_stack.lineage
@@ -242,18 +306,20 @@ def test_a_clrs_search_runs_end_to_end(clrs_stack: Stack, proposer: str) -> None
     sid, top, log = run(config, "evoprompting")
     found = check_lineage(clrs_stack.stub, sid, top, p=2)
     seeds = [c for c in found if c.round_index == 0]
-    assert sorted(c.name for c in seeds) == ["nodes_and_graph", "triplet_gmpnn"]
+    assert sorted(c.name for c in seeds) == ["v1_triplet_gmpnn", "v8_linear_tiled"]
     children = [c for c in found if c.round_index == 1]
     assert len(children) == 2 * 2
     assert any(c.state == pb.CANDIDATE_STATE_SCORED for c in children), log
     for c in children:
-        assert "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):" in c.code
+        assert "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):" in c.code
         assert "import haiku as hk" in c.code  # the task's header comes with every child
     prompt = clrs_stack.stub.GetPrompt(
         pb.GetPromptRequest(prompt_id=children[0].prompt_id), timeout=5
     )
-    assert prompt.text.endswith("def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):")
-    assert "Triplet-GMPNN" in prompt.text
+    assert prompt.text.endswith(
+        "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):"
+    )
+    assert prompt.text.startswith('"""Metrics:')  # the paper's prompt: no header
 
 
 def test_unknown_seeds_and_the_mutation_baseline_are_refused(clrs_stack: Stack) -> None:
@@ -262,7 +328,29 @@ def test_unknown_seeds_and_the_mutation_baseline_are_refused(clrs_stack: Stack) 
     config.services.trainers = [clrs_stack.trainer]
     with pytest.raises(RuntimeError, match="mutations edit PyTorch models"):
         run(config, "mutation")
-    config.evolution.seeds = ["triplet_gmpnn", "no_such_seed"]
+    config.evolution.seeds = ["v1_triplet_gmpnn", "no_such_seed"]
     config.services.proposer = "127.0.0.1:9"  # never reached: the seeds are checked first
     with pytest.raises(RuntimeError, match="no seed named no_such_seed; its seeds are"):
         run(config, "few-shot")
+
+
+def test_one_function_on_several_algorithms_beside_the_published_scores(tmp_path: Path) -> None:
+    """bench/clrs_table.py (the paper's Table 3) at a tiny budget."""
+    from bench import clrs_table
+
+    assert len(clrs_table.PUBLISHED_OOD) == 30
+    from services.trainer.tasks.clrs import algorithms
+
+    assert set(clrs_table.PUBLISHED_OOD) == set(algorithms())
+    out = tmp_path / "table"
+    code = clrs_table.main(
+        ["--seed", "v8_linear_tiled", "--algorithms", "bfs", "minimum", "--steps", "2",
+         "--sizes", TINY, "--out", str(out), "--wall-seconds", "300"]
+    )  # fmt: skip
+    assert code == 0
+    text = (out / "table.md").read_text()
+    assert "| bfs | OK |" in text and "| minimum | OK |" in text
+    assert "| 99.73 | 99.80 |" in text  # BFS: Ibarz et al.'s and the paper's own run
+    rows = json.loads((out / "table.json").read_text())
+    assert [r["algorithm"] for r in rows] == ["bfs", "minimum"]
+    assert all(0 <= r["ood_test"] <= 100 for r in rows)

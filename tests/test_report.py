@@ -13,14 +13,14 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 
-from controller.cli import main
 from controller.report import write_report
+from evo_cli.main import main
 from services.lineage import server
 from services.lineage.rdb import RDBStorage
 from tests.lineage_records import child, failed_eval, new_search, ok_eval, program, seed
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("pareto.png", "fitness.png", "lineage.png")
+FIGURES = ("pareto.png", "fitness.png", "curve.png", "lineage.png")
 HOSTILE = '<script>alert("x")</script>'
 SEEDS = [(5000, 0.3, 0.7), (8000, 0.2, 0.79), (20000, 0.1, 0.9)]  # params, val error, test acc
 
@@ -73,7 +73,7 @@ def check_outputs(out: Path) -> str:
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
         assert base64.b64encode(data).decode("ascii") in page
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page, re.IGNORECASE)
     return page
 

@@ -25,10 +25,10 @@ from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 
 from controller import config as search_config
-from controller.cli import main
 from controller.clients import Lineage, Proposer, Trainers
 from controller.progress import Progress
 from controller.search import Search
+from evo_cli.main import main
 from services.lineage import server as lineage_server
 from services.lineage.rdb import RDBStorage
 from services.proposer import server as proposer_server
@@ -165,12 +165,19 @@ def check_lineage(
             assert not c.HasField("evaluation") or c.evaluation.status == 0, (
                 "a duplicate was trained"
             )
+    search = stub.GetSearch(pb.GetSearchRequest(search_id=search_id), timeout=5)
+    # Algorithm 1 returns the best children; regularised evolution keeps its seeds.
+    seeds_compete = search.method == "mutation"
     scored = sorted(
-        (c for c in found if c.state == pb.CANDIDATE_STATE_SCORED), key=lambda c: (-c.fitness, c.id)
+        (
+            c
+            for c in found
+            if c.state == pb.CANDIDATE_STATE_SCORED and (c.round_index > 0 or seeds_compete)
+        ),
+        key=lambda c: (-c.fitness, c.id),
     )
     assert [c.id for c in top] == [c.id for c in scored[:p]]
-    state = stub.GetSearch(pb.GetSearchRequest(search_id=search_id), timeout=5).state
-    assert state == pb.SEARCH_STATE_FINISHED
+    assert search.state == pb.SEARCH_STATE_FINISHED
     return found
 
 
@@ -204,20 +211,28 @@ def test_evoprompting_search_with_a_served_model(stack: Stack, proposer: str) ->
     assert states[pb.CANDIDATE_STATE_SCORED] >= 1, log
     # The stand-in's TGI cannot be prompt-tuned: the search says so and goes on.
     assert "cannot be prompt-tuned" in log
+    seeds = [c for c in found if c.origin == pb.CANDIDATE_ORIGIN_SEED]
+    round1 = [c for c in children if c.round_index == 1 and c.state == pb.CANDIDATE_STATE_SCORED]
+    assert round1, "the stand-in's round 1 must score something for round 2 to be checked"
     for r in (1, 2):
-        # Round r's parents are all from the top p of what rounds before r scored.
+        # Algorithm 1: round 1's parents are the seeds; later rounds' are the top p of
+        # the children scored before them, and never a seed again.
+        pool = seeds if r == 1 else [c for c in children if c.round_index < r]
         before = sorted(
-            (c for c in found if c.round_index < r and c.state == pb.CANDIDATE_STATE_SCORED),
+            (c for c in pool if c.state == pb.CANDIDATE_STATE_SCORED),
             key=lambda c: (-c.fitness, c.id),
         )[:3]
         for c in (c for c in children if c.round_index == r):
             assert set(c.parent_ids) <= {b.id for b in before}
+            if r > 1:
+                assert not set(c.parent_ids) & {s.id for s in seeds}, "a seed was a parent again"
             prompt = stack.stub.GetPrompt(pb.GetPromptRequest(prompt_id=c.prompt_id), timeout=5)
             shown = [by_id[i] for i in prompt.parent_ids]
             smallest = min(s.evaluation.metrics.num_params for s in shown)
             assert f"'num_params': '{round(0.9 * smallest, -2):.0f}'" in prompt.text
             assert prompt.text.endswith("class Model(nn.Module):")
             assert prompt.text.count('"""Metrics:') == 3  # two parents and the target
+            assert prompt.text.startswith('"""Metrics:'), "the paper's prompt has no header"
             assert c.code.startswith("# Neural networks for MNIST-1D")  # runnable: imports added
             assert c.proposer.backend == "tgi" and c.proposer.sampling.temperature in (
                 0.2,
@@ -259,7 +274,7 @@ def test_bad_config_names_the_line(tmp_path: Path) -> None:
 
 def evo(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "evo_cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -344,3 +359,22 @@ def test_stop_then_resume(stack: Stack) -> None:
         top = Search(config, sid, lineage, Trainers(config.services.trainers), None, progress).run()
     check_lineage(stack.stub, sid, top, p=3)
     lineage.close()
+
+
+def test_few_shot_spends_the_budget_in_one_round_of_long_prompts(
+    stack: Stack, proposer: str
+) -> None:
+    """The paper's naive baseline: one round, m prompts of T x n samples each (more than
+    one proposer call holds: 66 samples go as 64 + 2), parents only from the seeds."""
+    config = make_config(stack, proposer, alpha=0.9)
+    config.evolution.prompts_per_round = 1
+    config.evolution.samples_per_prompt = 33
+    sid, top, log = run(config, "few-shot")
+    found = check_lineage(stack.stub, sid, top, p=3)
+    children = [c for c in found if c.round_index > 0]
+    assert {c.round_index for c in children} == {1}
+    assert sorted(c.sample_index for c in children) == list(range(66))
+    assert len({c.prompt_id for c in children}) == 1
+    seeds = {c.id for c in found if c.origin == pb.CANDIDATE_ORIGIN_SEED}
+    assert all(set(c.parent_ids) <= seeds for c in children)
+    assert not any(c.reason.startswith("generation failed") for c in children), log

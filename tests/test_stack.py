@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller import stack
-from controller.cli import main
+from evo_cli.main import main
 
 
 def free_port() -> int:

@@ -233,22 +233,25 @@ def test_long_log_tail_keeps_its_end(storage: RDBStorage) -> None:
 # ---------------------------------------------------------------- queries
 
 
-def test_population_is_top_k_by_fitness_and_can_retire_parents(storage: RDBStorage) -> None:
+def test_population_is_top_k_by_the_fitness_the_controller_sent(storage: RDBStorage) -> None:
     sid = make_search(storage)
     ids = [scored(storage, seed(sid, program(i), i), 1000 * (i + 1), 0.1) for i in range(5)]
     failed = storage.record_candidate(seed(sid, program(99), 99))[0].id
     storage.record_evaluation(failed_eval(failed, common.EVAL_STATUS_CRASHED, "x"))
     top3 = storage.get_population(pb.GetPopulationRequest(search_id=sid, k=3))
     assert [c.id for c in top3] == ids[:3]  # smallest models have the best fitness here
-    storage.record_prompt(
-        pb.RecordPromptRequest(
-            search_id=sid, round_index=1, prompt_index=0, text="p", parent_ids=[ids[0], ids[0]]
-        )
-    )
-    retired = storage.get_population(
-        pb.GetPopulationRequest(search_id=sid, k=3, exclude_retired=True)
-    )
-    assert [c.id for c in retired] == ids[1:4]
+    # The store stores the fitness it is given, whatever formula made it.
+    other = storage.record_candidate(seed(sid, program(7), 7))[0].id
+    req = ok_eval(other, 10_000, 0.4)
+    req.fitness = 5.0
+    assert storage.record_evaluation(req)[0].fitness == 5.0
+    assert storage.get_population(pb.GetPopulationRequest(search_id=sid, k=1))[0].id == other
+    # A SCORED record without it is refused: the controller owns the formula.
+    bare = storage.record_candidate(seed(sid, program(8), 8))[0].id
+    req = ok_eval(bare, 100, 0.1)
+    req.ClearField("fitness")
+    with pytest.raises(InvalidArgument, match="needs its fitness"):
+        storage.record_evaluation(req)
 
 
 def test_ancestry_and_descendants_follow_every_parent(storage: RDBStorage) -> None:

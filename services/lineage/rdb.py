@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import Engine, exists, func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, selectinload, sessionmaker
 
@@ -426,12 +426,16 @@ class RDBStorage(LineageStorage):
             train_seconds=m.train_seconds,
             wall_seconds=ev.wall_seconds,
         )
+        # The controller computes fitness (controller/population.py); the store stores it.
         fitness: float | None = None
         if req.HasField("fitness"):
             _check_finite(fitness=req.fitness)
             fitness = req.fitness
-        elif ok:
-            fitness = -(m.num_params * m.best_val_error)
+        elif state == pb.CANDIDATE_STATE_SCORED:
+            raise InvalidArgument(
+                "a SCORED candidate needs its fitness: the controller computes it "
+                "(controller.population.fitness) and sends it with the evaluation"
+            )
         reason = req.reason or (
             "" if ok else f"{_col(common.EvalStatus, ev.status).upper()}: {ev.message}"
         )
@@ -513,8 +517,6 @@ class RDBStorage(LineageStorage):
             CandidateRow.state == SCORED,
             CandidateRow.fitness.is_not(None),
         )
-        if req.exclude_retired:
-            query = query.where(~exists().where(PromptParentRow.parent_id == CandidateRow.id))
         with self._read() as s:
             _get(s, SearchRow, req.search_id, "search")
             rows = s.scalars(

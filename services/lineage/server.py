@@ -6,12 +6,13 @@ import grpc
 from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 
+from services.common import addresses
 from services.common import server as grpc_server
 from services.lineage.storage import InvalidArgument, LineageStorage, NotFound
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 50051
+DEFAULT_PORT = addresses.DEFAULT_PORTS["lineage"]
 
 _grpc_errors = grpc_server.error_statuses(
     [(NotFound, grpc.StatusCode.NOT_FOUND), (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT)],

@@ -7,8 +7,10 @@ from typing import Any, NoReturn
 
 import click
 
-DEFAULT_PORT = 50053
-ENV_ADDRESS = "EVO_PROPOSER_ADDRESS"
+from services.common import addresses
+
+DEFAULT_PORT = addresses.DEFAULT_PORTS["proposer"]
+ENV_ADDRESS = addresses.env_var("proposer")
 RPC_TIMEOUT_SECONDS = 600.0
 
 
@@ -169,8 +171,6 @@ def propose(
     from evo.v1 import common_pb2
     from evo.v1 import proposer_pb2 as pb
     from evo.v1 import proposer_pb2_grpc as pb_grpc
-
-    from controller import addresses
 
     prompt = prompt_file.read()
     target = addresses.resolve("proposer", address)

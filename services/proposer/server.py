@@ -8,13 +8,14 @@ import grpc
 from evo.v1 import proposer_pb2 as pb
 from evo.v1 import proposer_pb2_grpc as pb_grpc
 
+from services.common import addresses
 from services.common import server as grpc_server
 from services.proposer import extract
 from services.proposer.backends import base
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 50053
+DEFAULT_PORT = addresses.DEFAULT_PORTS["proposer"]
 MAX_SAMPLES = 64
 MAX_NEW_TOKENS = 8192
 DEFAULT_MAX_NEW_TOKENS = 512

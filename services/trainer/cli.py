@@ -8,6 +8,8 @@ from typing import Any, NoReturn
 
 import click
 
+from services.common import addresses
+
 BACKEND_CHOICE = click.Choice(["bwrap", "docker", "process"])
 
 
@@ -66,7 +68,7 @@ unisolated_option = click.option(
 
 @click.command("trainer")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=50052, show_default=True)
+@click.option("--port", default=addresses.DEFAULT_PORTS["trainer"], show_default=True)
 @backend_option
 @click.option("--slots", default=1, show_default=True, help="Evaluations run at once.")
 @click.option(
@@ -250,7 +252,8 @@ def print_result(result: Any, clrs: bool = False) -> None:
             ("parameters", f"{m.num_params:,}"),
             ("best val score" if clrs else "best val accuracy", f"{m.best_val_accuracy:.4f}"),
             ("test score (OOD)" if clrs else "test accuracy", f"{m.test_accuracy:.4f}"),
-            ("fitness", f"{-(m.num_params * m.best_val_error):.1f}"),
+            # Fitness is the search's (controller/population.py), not the trainer's.
+            ("best val error", f"{m.best_val_error:.4f}"),
             ("steps", str(m.steps_completed)),
             ("train time", f"{m.train_seconds:.1f} s"),
         ]

@@ -1,14 +1,14 @@
 """The CLRS runner inside the sandbox: a candidate triplet function in Triplet-GMPNN.
 
-The candidate defines `get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts)` (the
-paper's search space). It replaces dm-clrs's own function in the processor module, so
-the rest of the Triplet-GMPNN processor (a gated MPNN with layer norm, max-aggregated
-triplet messages) and the encoders and decoders are exactly the published ones. Trained
-with the published single-task settings in the train phase, which sees the training split
-only and returns the parameters at each checkpoint; the score phase rebuilds the model,
-loads them and returns outputs on the validation and test inputs, never scores: validation
-and test outputs never enter a sandbox (their hints are the first step only, which is all
-the model reads at evaluation). See services/trainer/protocol.py.
+The candidate defines `get_triplet_msgs`, in the paper's signature (with `out_size`: it owns
+the reduction and the output layer) or dm-clrs's (see clrs_processor.py, which puts it in
+the processor). The rest of the Triplet-GMPNN processor (a gated MPNN with layer norm)
+and the encoders and decoders are exactly the published ones. Trained with the published
+single-task settings and the job's optimiser in the train phase, which sees the training
+split only and returns the parameters at each checkpoint; the score phase rebuilds the
+model, loads them and returns outputs on the validation and test inputs, never scores:
+validation and test outputs never enter a sandbox (their hints are the first step only,
+which is all the model reads at evaluation). See services/trainer/protocol.py.
 """
 
 import os
@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from services.trainer import clrs_lib, protocol
+from services.trainer import clrs_lib, clrs_processor, protocol
 from services.trainer.protocol import ChildJob, StageFailure, failure_from
 
 # Ibarz et al. 2022 ("A Generalist Neural Algorithmic Learner"), single-task settings.
@@ -65,16 +65,9 @@ def _model(job: ChildJob, dummy: Any) -> tuple[Any, Any]:
         raise failure_from(e, "load") from None
     triplet_fn = namespace.get("get_triplet_msgs")
     if not callable(triplet_fn):
-        raise StageFailure(
-            "INVALID",
-            "load",
-            "the program defines no get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts)",
-        )
-    # The processor calls the module-level function: the candidate takes its place.
-    clrs.processors.get_triplet_msgs = triplet_fn
-    factory = clrs.processors.get_processor_factory(
-        recipe.processor, use_ln=recipe.use_ln, nb_triplet_fts=recipe.nb_triplet_fts
-    )
+        signature = clrs_processor.SIGNATURE[recipe.triplet]
+        raise StageFailure("INVALID", "load", f"the program defines no {signature}")
+    factory = clrs_processor.processor_factory(clrs, recipe, triplet_fn)
     model = clrs.baselines.BaselineModel(
         spec=recipe.spec,
         dummy_trajectory=dummy,
@@ -147,6 +140,8 @@ def train(job: ChildJob, data: dict[str, np.ndarray], out: BinaryIO) -> int:
             "count_params",
             f"{num_params:,} parameters, over the cap of {job.max_params:,}",
         )
+
+    clrs_processor.use_optimizer(model, job.clrs, job.lr)
     try:
         model.init(first.features, job.seed)
     except BaseException as e:

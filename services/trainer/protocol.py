@@ -118,6 +118,10 @@ class ClrsRecipe:
     hint_teacher_forcing: float
     hint_repred_mode: str
     grad_clip_max_norm: float
+    # Where the candidate goes and what trains it (clrs_processor.py): the paper's
+    # signature with out_size, or dm-clrs's; AdamW (the paper's) or Adam (dm-clrs's).
+    triplet: str = "paper"
+    optimizer: str = "adamw"
     # The algorithm's spec after preprocessing: name -> (stage, location, type).
     spec: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 

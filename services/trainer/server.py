@@ -17,6 +17,7 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import trainer_pb2 as pb
 from evo.v1 import trainer_pb2_grpc as pb_grpc
 
+from services.common import addresses
 from services.common import server as grpc_server
 from services.trainer import tasks
 from services.trainer.evaluator import BadRequest, Job, evaluate
@@ -24,7 +25,7 @@ from services.trainer.sandbox.base import Backend, Limits, Sandbox
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 50052
+DEFAULT_PORT = addresses.DEFAULT_PORTS["trainer"]
 # An evaluation runs in two fresh sandboxes: training, then scoring (see evaluator.py).
 SANDBOXES_PER_EVALUATION = 2
 BACKENDS = ("bwrap", "docker", "process")

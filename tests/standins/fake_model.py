@@ -22,20 +22,23 @@ def token_id(piece: str) -> int:
     return 1 + int.from_bytes(hashlib.sha256(piece.encode()).digest()[:2], "big")
 
 
+# dm-clrs's signature, and the paper's (the function reduces and projects to out_size).
 TRIPLET_OPENING = "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):"
+PAPER_TRIPLET_OPENING = "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):"
 _TRIPLET_TERMS = {
     "z": "jnp.expand_dims(hk.Linear({h})(z), axis={axes})",
     "edge_fts": "jnp.expand_dims(hk.Linear({h})(edge_fts), axis={axes})",
 }
 
 
-def triplet_program(rng: random.Random) -> str:
-    """A body for the CLRS task's `get_triplet_msgs`: a random subset of its terms."""
+def triplet_program(rng: random.Random, paper: bool = False) -> str:
+    """A body for the CLRS task's `get_triplet_msgs`: a random subset of its terms; in the
+    paper's signature reduced (max or mean) over the triplet axis and projected."""
     h = rng.choice(["nb_triplet_fts", "nb_triplet_fts // 2", "4"])
     terms = [
         _TRIPLET_TERMS["z"].format(h=h, axes=axes)
         for axes in ("(2, 3)", "(1, 3)", "(1, 2)")
-        if rng.random() < 0.8
+        if paper or rng.random() < 0.8  # the paper's: all three, so the shape is full
     ] or [_TRIPLET_TERMS["z"].format(h=h, axes="(2, 3)")]
     terms += [
         _TRIPLET_TERMS["edge_fts"].format(h=h, axes=axis)
@@ -43,6 +46,10 @@ def triplet_program(rng: random.Random) -> str:
         if rng.random() < 0.5
     ]
     body = "\n      + ".join(terms)
+    if paper:
+        reduce = rng.choice(["jnp.max", "jnp.mean"])
+        projected = f"hk.Linear(out_size)({reduce}(triplets, axis=1))"
+        return f"\n  triplets = (\n      {body}\n  )\n  return {projected}\n"
     return f"\n  return (\n      {body}\n  )\n"
 
 
@@ -88,7 +95,11 @@ def generate(
     key = f"{prompt}|{used_seed}|{adapter}|{temperature if sample else 0}"
     rng = random.Random(hashlib.sha256(key.encode()).digest())
     pieces: list[str] = []
-    text = triplet_program(rng) if prompt.rstrip().endswith(TRIPLET_OPENING) else None
+    text = None
+    if prompt.rstrip().endswith(TRIPLET_OPENING):
+        text = triplet_program(rng)
+    elif prompt.rstrip().endswith(PAPER_TRIPLET_OPENING):
+        text = triplet_program(rng, paper=True)
     for piece in tokenize(text or program(rng, adapter)):
         if len(pieces) == max_new_tokens:
             return Generation(pieces, "length", used_seed)

@@ -441,14 +441,12 @@ class ListCandidatesResponse(_message.Message):
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetPopulationRequest(_message.Message):
-    __slots__ = ("search_id", "k", "exclude_retired")
+    __slots__ = ("search_id", "k")
     SEARCH_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
-    EXCLUDE_RETIRED_FIELD_NUMBER: _ClassVar[int]
     search_id: int
     k: int
-    exclude_retired: bool
-    def __init__(self, search_id: _Optional[int] = ..., k: _Optional[int] = ..., exclude_retired: _Optional[bool] = ...) -> None: ...
+    def __init__(self, search_id: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
 
 class GetPopulationResponse(_message.Message):
     __slots__ = ("candidates",)

@@ -4,6 +4,10 @@ A task name is `clrs/ALGORITHM`, optionally with sizes for quick runs:
 `clrs/bfs:train=100,val=16,test=16,test_length=32,hidden=32`. Without them it is the
 CLRS-30 benchmark: dm-clrs's samplers with its standard seeds, 1,000 training
 trajectories of size 16, validation at size 16, out-of-distribution test at size 64.
+Two more options choose the search space and the optimiser (services/trainer/
+clrs_processor.py): `triplet=paper` (the default: the paper's signature with `out_size`
+and its nine seeds) or `triplet=dmclrs` (dm-clrs's signature, this project's earlier
+seeds), and `optimizer=adamw` (the default, the paper's) or `optimizer=adam` (dm-clrs's).
 Data is generated here, offline, and cached; the score is CLRS's own (the mean over
 outputs of micro-F1 or pointer accuracy), computed here from the sandbox's predictions.
 """
@@ -18,6 +22,7 @@ import numpy as np
 
 from services.trainer import clrs_lib
 from services.trainer.clrs_child import PUBLISHED
+from services.trainer.clrs_processor import OPTIMIZERS, TRIPLET_SIGNATURES
 from services.trainer.protocol import ClrsRecipe
 from services.trainer.tasks.base import Dataset, Recipe, Task
 from services.trainer.tasks.mnist1d import cache_dir
@@ -46,6 +51,8 @@ class Sizes:
         known = {f.name for f in fields(cls)}
         for part in filter(None, text.split(",")):
             key, _, value = part.partition("=")
+            if key in Choices.KEYS:
+                continue
             if key not in known or not value.isdigit() or int(value) < 1:
                 raise ValueError(
                     f"clrs task option {part!r}: expected NAME=POSITIVE_INTEGER with NAME one "
@@ -55,6 +62,61 @@ class Sizes:
         if sizes.length < 4 or sizes.test_length < 4:
             raise ValueError("clrs task option: length and test_length must be 4 or more")
         return sizes
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The search space and the optimiser: `triplet=paper|dmclrs`, `optimizer=adamw|adam`."""
+
+    triplet: str = "paper"
+    optimizer: str = "adamw"
+    KEYS = ("triplet", "optimizer")
+
+    @classmethod
+    def parse(cls, text: str) -> "Choices":
+        given = dict(p.partition("=")[::2] for p in filter(None, text.split(",")))
+        choices = cls(**{k: v for k, v in given.items() if k in cls.KEYS})
+        if choices.triplet not in TRIPLET_SIGNATURES:
+            raise ValueError(
+                f"clrs task option triplet={choices.triplet}: one of "
+                f"{', '.join(TRIPLET_SIGNATURES)} (paper: with out_size, the paper's seeds)"
+            )
+        if choices.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"clrs task option optimizer={choices.optimizer}: one of {', '.join(OPTIMIZERS)}"
+            )
+        return choices
+
+
+# What the prompt shows before the parents when `proposer.prompt_header` is on, and what
+# every child's program starts with (its imports), per search space.
+PAPER_HEADER = (
+    "# Triplet-message functions for the Triplet-GMPNN processor (CLRS benchmark).\n"
+    "# z: node features (B, N, F); edge_fts: (B, N, N, F); graph_fts: (B, F).\n"
+    "# Returns triplet messages of shape (B, N, N, out_size): reduce the (B, N, N, N, H)\n"
+    "# triplets over one node axis and apply an output layer. Smaller and more accurate\n"
+    "# is better.\n"
+    "import functools\n\nimport haiku as hk\nimport jax\nimport jax.numpy as jnp\n"
+)
+DMCLRS_HEADER = (
+    "# Triplet-message functions for the Triplet-GMPNN processor (CLRS benchmark).\n"
+    "# z: node features (B, N, F); edge_fts: (B, N, N, F); graph_fts: (B, F).\n"
+    "# Returns triplet messages of shape (B, N, N, N, nb_triplet_fts), max-reduced over\n"
+    "# the first node axis by the processor. Smaller and more accurate is better.\n"
+    "import haiku as hk\nimport jax\nimport jax.numpy as jnp\n"
+)
+SPACES = {
+    "paper": (
+        "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):",
+        "services.trainer.tasks.seeds.clrs",
+        PAPER_HEADER,
+    ),
+    "dmclrs": (
+        "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):",
+        "services.trainer.tasks.seeds.clrs_dmclrs",
+        DMCLRS_HEADER,
+    ),
+}
 
 
 def algorithms() -> list[str]:
@@ -76,15 +138,6 @@ class Clrs(Task):
     language = "jax"
     runner = "clrs"
     num_classes = 0
-    program_opening = "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):"
-    seed_package = "services.trainer.tasks.seeds.clrs"
-    prompt_header = (
-        "# Triplet-message functions for the Triplet-GMPNN processor (CLRS benchmark).\n"
-        "# z: node features (B, N, F); edge_fts: (B, N, N, F); graph_fts: (B, F).\n"
-        "# Returns triplet messages of shape (B, N, N, N, nb_triplet_fts), max-reduced over\n"
-        "# the first node axis by the processor. Smaller and more accurate is better.\n"
-        "import haiku as hk\nimport jax\nimport jax.numpy as jnp\n"
-    )
 
     def __init__(self, name: str) -> None:
         algorithm, _, options = name.removeprefix(PREFIX).partition(":")
@@ -96,6 +149,8 @@ class Clrs(Task):
         self.name = name
         self.algorithm = algorithm
         self.sizes = Sizes.parse(options)
+        self.choices = Choices.parse(options)
+        self.program_opening, self.seed_package, self.prompt_header = SPACES[self.choices.triplet]
         self._spec: dict[str, tuple[str, str, str]] | None = None
         self.recipe = Recipe(
             learning_rate=PUBLISHED["learning_rate"],
@@ -176,6 +231,8 @@ class Clrs(Task):
             hint_repred_mode=PUBLISHED["hint_repred_mode"],
             grad_clip_max_norm=PUBLISHED["grad_clip_max_norm"],
             spec=self.spec,
+            triplet=self.choices.triplet,
+            optimizer=self.choices.optimizer,
         )
         return {
             "runner": self.runner,

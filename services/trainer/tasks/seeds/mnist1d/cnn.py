@@ -3,7 +3,8 @@ import torch.nn.functional as F
 
 
 class Model(nn.Module):
-    """Three strided 1-D convolutions and a linear read-out."""
+    """The convolutional baseline of Greydanus (2020), as the EvoPrompting paper's seed
+    (Appendix A.2, Listing 3): three strided 1-D convolutions and a linear read-out."""
 
     def __init__(self):
         super().__init__()

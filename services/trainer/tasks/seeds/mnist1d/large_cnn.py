@@ -3,19 +3,25 @@ import torch.nn.functional as F
 
 
 class Model(nn.Module):
-    """The CNN with more channels: more accurate, more parameters."""
+    """The EvoPrompting paper's larger CNN (Appendix A.2, Listing 2): a convolution, then
+    residual convolutions between average poolings, and a dense layer of 256."""
 
     def __init__(self):
         super().__init__()
-        channels = 64
-        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
-        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
-        self.linear = nn.Linear(channels * 5, 10)
+        features, nlayer = 32, 3
+        self.conv_in = nn.Conv1d(1, features, 3, padding=1)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(features, features, 3, padding=1) for _ in range(nlayer - 1)
+        )
+        self.pool = nn.AvgPool1d(2, stride=2)
+        self.dense = nn.Linear(features * 10, 256)
+        self.out = nn.Linear(256, 10)
 
     def forward(self, x):
         x = x.view(-1, 1, x.shape[-1])
-        h = F.relu(self.conv1(x))
-        h = F.relu(self.conv2(h))
-        h = F.relu(self.conv3(h))
-        return self.linear(h.view(h.shape[0], -1))
+        x = self.pool(F.relu(self.conv_in(x)))
+        for conv in self.convs:
+            x = x + F.relu(conv(x))
+        x = self.pool(x)
+        x = F.relu(self.dense(x.flatten(1)))
+        return self.out(x)

@@ -1,4 +1,8 @@
-"""Where each service listens: --address, else an environment variable, else the local default."""
+"""Where each service listens: --address, else an environment variable, else the local default.
+
+The ports are defined here once: every service's `serve` command and `start()` take their
+default from DEFAULT_PORTS, and every client resolves its target with `resolve`.
+"""
 
 import os
 

@@ -1,0 +1,3 @@
+from evo_cli.main import main
+
+main()
