@@ -91,6 +91,7 @@ def overhead(backend: str, steps: int, repeats: int) -> list[str]:
     import torch
 
     torch.set_num_threads(1)
+    bare_seconds(10, 0)  # torch's first operations in this process are slow: not the loop's
     trainer, service, stub = serve(backend, 1)
     bare, sandboxed = [], []
     for seed in range(repeats):
