@@ -54,7 +54,6 @@ def perfect(task: tasks.Task, checkpoints: int = 1) -> dict[str, np.ndarray]:
     for split, prefix in prefixes:
         for dp in clrs_lib.unflatten(clrs, split, task.arrays(), task.spec).outputs:
             arrays[f"{prefix}out.{dp.name}"] = dp.data.astype(np.float32)
-            arrays[f"{prefix}type.{dp.name}"] = np.frombuffer(dp.type_.encode(), np.uint8)
     return arrays
 
 
@@ -97,9 +96,16 @@ def test_loading_clrs_leaves_no_stand_in_tensorflow_behind() -> None:
 
 def test_the_sandbox_never_sees_held_out_outputs() -> None:
     task = tasks.get(BFS)
-    full, seen = task.arrays(), task.sandbox_arrays()  # type: ignore[attr-defined]
-    assert "train.output.pi" in seen
-    assert not [k for k in seen if ".output." in k and not k.startswith("train.")]
+    full = task.arrays()  # type: ignore[attr-defined]
+    trained = task.train_arrays()
+    # The training run: the training trajectories and nothing held out.
+    assert "train.output.pi" in trained and all(k.startswith("train.") for k in trained)
+    # The scoring run: held-out inputs, no training data, and outputs only as zeros.
+    seen = task.score_arrays()
+    assert not [k for k in seen if k.startswith("train.") or k.startswith("test.output.")]
+    assert [k for k in seen if ".output." in k] and all(
+        not seen[k].any() for k in seen if ".output." in k
+    )
     for split in ("val", "test"):
         hints = [k for k in seen if k.startswith(f"{split}.hint.")]
         assert hints
@@ -126,9 +132,10 @@ def test_scores_are_clrs_own_and_malformed_predictions_are_refused(algorithm: st
         task.score(missing, 2)
     with pytest.raises(ValueError, match="wrong shape"):
         task.score({**right, output: right[output][:3]}, 2)
-    with pytest.raises(ValueError, match="not of type"):
-        kind = output.replace(".out.", ".type.")
-        task.score({**right, kind: np.frombuffer(b"scalar", np.uint8)}, 2)
+    # What the scoring run must return, checked before a byte of it is read.
+    spec = task.prediction_spec("test")  # type: ignore[attr-defined]
+    assert spec == {k.replace("test.", "test.", 1): ("float32", v.shape)
+                    for k, v in right.items() if k.startswith("test.")}  # fmt: skip
 
 
 def sandbox_run(path: Path, task: str = BFS, steps: int = STEPS) -> dict:  # type: ignore[type-arg]

@@ -32,7 +32,8 @@ FILES = sorted((ROOT / "tests" / "hostile").glob("*.py"))
 if SHARED.is_dir():
     FILES += sorted(SHARED.glob("*.py"))
 
-WALL_SECONDS = 12.0
+# Generous enough for a training and a scoring run of 100 steps on a loaded 2-core machine.
+WALL_SECONDS = 20.0
 CANARY_DIR = Path("/tmp/evo-canary")
 LISTEN = ("127.0.0.1", 47999)
 OUTSIDE = [

@@ -15,7 +15,7 @@ import pytest
 from evo.v1 import common_pb2 as common
 from evo.v1 import trainer_pb2 as pb
 
-from services.trainer.evaluator import Job, evaluate, judge
+from services.trainer.evaluator import Job, Refused, evaluate, judge_run
 from services.trainer.sandbox import seccomp
 from services.trainer.sandbox.base import GIB, MIB, Limits, RawRun
 from services.trainer.sandbox.template import SHM_BYTES, child_env
@@ -83,11 +83,18 @@ def assert_gone(backend: "DockerBackend", container_id: str) -> None:
 
 
 def run_job(backend: "DockerBackend", code: str, **kw: Any) -> tuple[pb.EvaluateResponse, str]:
-    sandbox = backend.start()
+    """One evaluation (a training and a scoring container); every container it made is gone."""
+    started: list[Any] = []
+
+    def sandboxes() -> Any:
+        started.append(backend.start())
+        return started[-1]
+
     job = Job.from_request(request(code, **kw), backend.limits)
-    response = evaluate(job, sandbox, backend.threads)
-    assert_gone(backend, sandbox.id)  # type: ignore[attr-defined]
-    return response, sandbox.id  # type: ignore[attr-defined]
+    response = evaluate(job, sandboxes, backend.threads)
+    for sandbox in started:
+        assert_gone(backend, sandbox.id)
+    return response, started[0].id
 
 
 def test_sound_cnn_trains_and_scores(backend: "DockerBackend") -> None:
@@ -255,11 +262,13 @@ def test_memory_bomb_is_killed_as_oom(backend: "DockerBackend") -> None:
         request(MEMORY_BOMB, steps=10, wall_seconds=60, memory_bytes=1 * GIB), backend.limits
     )
     try:
-        raw = sandbox.run(job.encode(backend.threads), job.limits)
+        raw = sandbox.run(job.train_job(backend.threads), job.limits)
     finally:
         sandbox.destroy()
     assert_gone(backend, sandbox.id)  # type: ignore[attr-defined]
-    response = judge(job, raw)
+    with pytest.raises(Refused) as refused:
+        judge_run(job, raw, job.limits)
+    response = refused.value
     assert not raw.timed_out, raw.log_tail
     assert raw.oom_killed, (raw, raw.log_tail)  # type: ignore[attr-defined]
     assert raw.signal_name == "SIGKILL"
@@ -315,7 +324,7 @@ def test_a_clrs_triplet_function_trains_in_the_container(backend: "DockerBackend
         ),
         Limits(wall_seconds=120, memory_bytes=4 * GIB, max_processes=64),
     )
-    response = evaluate(job, backend.start(), backend.threads)
+    response = evaluate(job, backend.start, backend.threads)
     assert response.status == common.EVAL_STATUS_OK, response
     assert response.metrics.best_val_accuracy > 0.6
     assert response.sandbox.backend == "docker"

@@ -240,3 +240,15 @@ def test_pre_started_sandboxes_survive_the_thread_that_asked_for_them() -> None:
         assert len(alive) >= 3 and all(alive), alive
     finally:
         pool.close()
+
+
+def test_a_lookup_of_the_public_seed_scores_at_chance(stub: pb_grpc.TrainerStub) -> None:
+    """tests/hostile/lookup_held_out.py, with time to build its table: it learns the public
+    training split perfectly (loss 0) and the held-out splits, made from the trainer's
+    secret, not at all."""
+    code = (ROOT / "tests/hostile/lookup_held_out.py").read_text()
+    result = stub.Evaluate(request(code, steps=100), timeout=300)
+    assert result.status == common.EVAL_STATUS_OK, result.message
+    m = result.metrics
+    assert m.num_params == 10 and m.val_curve[-1].train_loss < 0.01
+    assert m.test_accuracy < 0.25 and m.best_val_accuracy < 0.25

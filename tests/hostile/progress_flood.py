@@ -1,4 +1,4 @@
-# attack: flood the result channel with 300,000 well-formed progress frames, then train
+# attack: flood the result channel with 100,000 well-formed progress frames, then train
 # expect: progress is dropped past its rate; the run is scored normally (OK)
 import contextlib
 import os
@@ -8,7 +8,7 @@ import torch.nn as nn
 from services.trainer import protocol
 
 payload = protocol.progress_payload(1, 0.5)
-blob = (protocol.FRAME.pack(protocol.PROGRESS, len(payload)) + payload) * 300_000
+blob = (protocol.FRAME.pack(protocol.PROGRESS, len(payload)) + payload) * 100_000
 # The result channel: the one pipe that is neither stdin nor the log.
 theirs = {os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 2)}
 for fd in range(3, 64):
