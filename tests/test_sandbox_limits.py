@@ -370,3 +370,26 @@ def test_the_trainer_says_at_start_what_no_cgroup_enforces(
     assert "NOT enforced" in record.getMessage() and "memory" in record.getMessage()
     assert backend._group() is None and not backend.memory_by_cgroup
     assert "--as=" in " ".join(backend.argv())  # memory is then RLIMIT_AS's job
+
+
+def test_a_job_whose_memory_limit_is_below_the_started_sandbox_is_oom() -> None:
+    """A cgroup cannot be lowered below what it holds (the child, torch imported): the job
+    ends OOM, not as a trainer error that the controller would retry elsewhere."""
+    writable_cgroups()
+    trainer = server.Trainer(server.TrainerConfig(backend="bwrap", slots=1, warm=0))
+    try:
+        request = pb.EvaluateRequest(
+            program=pb.Program(code=(HOSTILE / "socket_families.py").read_text()),
+            task="mnist1d",
+            budget=pb.Budget(steps=10, seed=1),
+            limits=pb.Limits(memory_bytes=8 * MIB),
+        )
+        sandbox = trainer.backend.start()
+        time.sleep(5)  # the child imports torch: far more than 8 MiB
+        from services.trainer.evaluator import Job, evaluate
+
+        job = Job.from_request(request, trainer.config.limits)
+        result = evaluate(job, sandbox, 1)
+        assert result.status == common.EVAL_STATUS_OOM, result
+    finally:
+        trainer.close()
