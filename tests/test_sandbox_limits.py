@@ -331,6 +331,12 @@ def trainer(request: pytest.FixtureRequest) -> Iterator[server.Trainer]:
 def test_memory_held_outside_processes_stays_within_the_sandbox_limit(
     path: Path, trainer: server.Trainer
 ) -> None:
+    """Every run is contained; the host's free memory falls by at most the limit.
+
+    MemAvailable is the whole machine's, and other work on a shared machine moves it too:
+    a run whose drop is over the bound is repeated, up to three runs, and one run within
+    it suffices (an attack that got past the limit would hold its 3 GiB in every run).
+    On bwrap the sandbox's own cgroup peak is checked as well, in every run."""
     request = pb.EvaluateRequest(
         program=pb.Program(code=path.read_text()),
         task="mnist1d",
@@ -338,21 +344,29 @@ def test_memory_held_outside_processes_stays_within_the_sandbox_limit(
         limits=pb.Limits(memory_bytes=LIMIT, wall_seconds=60),
         request_id=path.name,
     )
-    watch = Watch()
-    result = trainer.evaluate(request)
-    drop = watch.drop()
-    shown = (
-        f"{path.name} on {trainer.backend.name}: {common.EvalStatus.Name(result.status)} "
-        f"{result.message!r}, host memory fell by {drop / MIB:.0f} MiB; "
-        f"log: {result.log_tail[-400:]}"
-    )
-    print(shown.split("; log:")[0])  # the figures, for `pytest -s`
-    assert "HELD" not in result.log_tail, shown
-    if path.name in ("hold_memfd.py", "hold_sysv_shm.py"):
-        # The child holds it (or nobody does): the child goes. Elsewhere /dev/shm may simply
-        # be refused, or the kernel may kill only some of the extra interpreters.
-        assert result.status in (common.EVAL_STATUS_OOM, common.EVAL_STATUS_CRASHED), shown
-    assert drop <= LIMIT + SLACK, shown
+    drops = []
+    for _ in range(3):
+        sandboxes: list = []
+        watch = Watch()
+        result = trainer.evaluate(request, on_sandbox=sandboxes.append)
+        drops.append(watch.drop())
+        shown = (
+            f"{path.name} on {trainer.backend.name}: {common.EvalStatus.Name(result.status)} "
+            f"{result.message!r}, host memory fell by {[f'{d / MIB:.0f}' for d in drops]} "
+            f"MiB; log: {result.log_tail[-400:]}"
+        )
+        print(shown.split("; log:")[0])  # the figures, for `pytest -s`
+        assert "HELD" not in result.log_tail, shown
+        if path.name in ("hold_memfd.py", "hold_sysv_shm.py"):
+            # The child holds it (or nobody does): the child goes. Elsewhere /dev/shm may
+            # be refused, or the kernel may kill only some of the extra interpreters.
+            assert result.status in (common.EVAL_STATUS_OOM, common.EVAL_STATUS_CRASHED), shown
+        peak = getattr(sandboxes[0], "memory_peak_bytes", None)
+        if trainer.backend.name == "bwrap":
+            assert peak is not None and 0 < peak <= LIMIT, shown
+        if drops[-1] <= LIMIT + SLACK:
+            return
+    raise AssertionError(f"host memory fell by more than the limit in every run: {shown}")
 
 
 def test_the_trainer_says_at_start_what_no_cgroup_enforces(
