@@ -246,6 +246,7 @@ def sandbox_processes(trainer: server.Trainer) -> list[str]:
         made = client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={OWNER}"})
         containers = {c.id for c in made} - {getattr(sb, "id", None) for sb in ready}
     own_group = f"/{cgroups.PARENT}/{trainer.backend.name}-{os.getpid()}-"
+    grouped = bool(getattr(trainer.backend, "cgroups", None) and trainer.backend.cgroups.enforced)  # type: ignore[attr-defined]
     settle = time.monotonic() + 5
     while True:
         found = []
@@ -261,10 +262,10 @@ def sandbox_processes(trainer: server.Trainer) -> list[str]:
             uid = int(fields["Uid"].split()[0])
             if not SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT:
                 continue
-            if f"/{cgroups.PARENT}/" in groups:  # a local sandbox's own group
-                mine = own_group in groups and not any(g in groups for g in waiting_groups)
-            elif "docker" in groups:
+            if trainer.backend.name == "docker":
                 mine = any(c in groups for c in containers)
+            elif grouped:  # a local sandbox's own group
+                mine = own_group in groups and not any(g in groups for g in waiting_groups)
             else:  # no cgroups to tell sandboxes apart
                 mine = uid not in waiting
             if mine:

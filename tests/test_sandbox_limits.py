@@ -331,6 +331,12 @@ def trainer(request: pytest.FixtureRequest) -> Iterator[server.Trainer]:
 def test_memory_held_outside_processes_stays_within_the_sandbox_limit(
     path: Path, trainer: server.Trainer
 ) -> None:
+    """Every run is contained; the host's free memory falls by at most the limit.
+
+    MemAvailable is the whole machine's, and other work on a shared machine moves it too:
+    a run whose drop is over the bound is repeated, up to three runs, and one run within
+    it suffices (an attack that got past the limit would hold its 3 GiB in every run).
+    On bwrap the sandbox's own cgroup peak is checked as well, in every run."""
     request = pb.EvaluateRequest(
         program=pb.Program(code=path.read_text()),
         task="mnist1d",
@@ -338,21 +344,29 @@ def test_memory_held_outside_processes_stays_within_the_sandbox_limit(
         limits=pb.Limits(memory_bytes=LIMIT, wall_seconds=60),
         request_id=path.name,
     )
-    watch = Watch()
-    result = trainer.evaluate(request)
-    drop = watch.drop()
-    shown = (
-        f"{path.name} on {trainer.backend.name}: {common.EvalStatus.Name(result.status)} "
-        f"{result.message!r}, host memory fell by {drop / MIB:.0f} MiB; "
-        f"log: {result.log_tail[-400:]}"
-    )
-    print(shown.split("; log:")[0])  # the figures, for `pytest -s`
-    assert "HELD" not in result.log_tail, shown
-    if path.name in ("hold_memfd.py", "hold_sysv_shm.py"):
-        # The child holds it (or nobody does): the child goes. Elsewhere /dev/shm may simply
-        # be refused, or the kernel may kill only some of the extra interpreters.
-        assert result.status in (common.EVAL_STATUS_OOM, common.EVAL_STATUS_CRASHED), shown
-    assert drop <= LIMIT + SLACK, shown
+    drops = []
+    for _ in range(3):
+        sandboxes: list = []
+        watch = Watch()
+        result = trainer.evaluate(request, on_sandbox=sandboxes.append)
+        drops.append(watch.drop())
+        shown = (
+            f"{path.name} on {trainer.backend.name}: {common.EvalStatus.Name(result.status)} "
+            f"{result.message!r}, host memory fell by {[f'{d / MIB:.0f}' for d in drops]} "
+            f"MiB; log: {result.log_tail[-400:]}"
+        )
+        print(shown.split("; log:")[0])  # the figures, for `pytest -s`
+        assert "HELD" not in result.log_tail, shown
+        if path.name in ("hold_memfd.py", "hold_sysv_shm.py"):
+            # The child holds it (or nobody does): the child goes. Elsewhere /dev/shm may
+            # be refused, or the kernel may kill only some of the extra interpreters.
+            assert result.status in (common.EVAL_STATUS_OOM, common.EVAL_STATUS_CRASHED), shown
+        peak = getattr(sandboxes[0], "memory_peak_bytes", None)
+        if trainer.backend.name == "bwrap":
+            assert peak is not None and 0 < peak <= LIMIT, shown
+        if drops[-1] <= LIMIT + SLACK:
+            return
+    raise AssertionError(f"host memory fell by more than the limit in every run: {shown}")
 
 
 def test_the_trainer_says_at_start_what_no_cgroup_enforces(
@@ -370,3 +384,26 @@ def test_the_trainer_says_at_start_what_no_cgroup_enforces(
     assert "NOT enforced" in record.getMessage() and "memory" in record.getMessage()
     assert backend._group() is None and not backend.memory_by_cgroup
     assert "--as=" in " ".join(backend.argv())  # memory is then RLIMIT_AS's job
+
+
+def test_a_job_whose_memory_limit_is_below_the_started_sandbox_is_oom() -> None:
+    """A cgroup cannot be lowered below what it holds (the child, torch imported): the job
+    ends OOM, not as a trainer error that the controller would retry elsewhere."""
+    writable_cgroups()
+    trainer = server.Trainer(server.TrainerConfig(backend="bwrap", slots=1, warm=0))
+    try:
+        request = pb.EvaluateRequest(
+            program=pb.Program(code=(HOSTILE / "socket_families.py").read_text()),
+            task="mnist1d",
+            budget=pb.Budget(steps=10, seed=1),
+            limits=pb.Limits(memory_bytes=8 * MIB),
+        )
+        sandbox = trainer.backend.start()
+        time.sleep(5)  # the child imports torch: far more than 8 MiB
+        from services.trainer.evaluator import Job, evaluate
+
+        job = Job.from_request(request, trainer.config.limits)
+        result = evaluate(job, sandbox, 1)
+        assert result.status == common.EVAL_STATUS_OOM, result
+    finally:
+        trainer.close()

@@ -36,6 +36,7 @@ CONTROLLERS = ("memory", "pids", "cpu")
 PARENT = "evo-sandboxes"
 TRAINER_LEAF = "evo-trainer"
 CPU_PERIOD_US = 100_000
+V1_SHARES = 1024  # cgroup v1's weight of one task
 # `sh -c JOIN_SCRIPT evo-cgroup-join PROCS... -- COMMAND...`
 JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
 FIX_HINT = (
@@ -150,6 +151,7 @@ class SandboxCgroup:
             _write(pids / "pids.max", str(max_processes))
         if cpu is not None and cpus > 0:
             if not _is_v2(cpu):
+                _write(cpu / "cpu.shares", str(V1_SHARES * cpus))
                 _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                 _write(cpu / "cpu.cfs_quota_us", str(cpus * CPU_PERIOD_US))
             else:
@@ -305,6 +307,11 @@ def _sweep(parent: Path) -> None:
 def _v1_parent(own: Path) -> Path:
     parent = own / PARENT
     parent.mkdir(exist_ok=True)
+    if (parent / "cpu.shares").exists():
+        # v1 weighs a group as one task against its siblings (the trainer's own threads,
+        # or every task of the root group): give the sandboxes together the weight of
+        # one task per CPU, as they had as plain processes.
+        _write(parent / "cpu.shares", str(V1_SHARES * (os.cpu_count() or 1)))
     return parent
 
 

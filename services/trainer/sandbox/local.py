@@ -51,11 +51,19 @@ class CgroupSandbox(ProcessSandbox):
     def run(self, job: bytes, limits: Limits, on_progress: ProgressFn | None = None) -> RawRun:
         if self.group is not None:
             # Started with the trainer's maximum; this job may ask for less.
-            self.group.set_limits(limits.memory_bytes, limits.max_processes, 0)
+            try:
+                self.group.set_limits(limits.memory_bytes, limits.max_processes, 0)
+            except OSError as e:
+                # The kernel refuses a memory limit below what the group already holds
+                # (the interpreter and torch, before any candidate code): that job cannot run.
+                log.info("could not lower a sandbox's limits to the job's: %s", e)
+                self.destroy()
+                return RawRun(oom_killed=True, log_tail=f"the job's limits do not fit: {e}")
         out = super().run(job, limits, on_progress)
         if self.group is not None:
             out.oom_killed = self.group.oom_killed()
             self.memory_peak_bytes = self.group.peak_bytes()
+            log.debug("sandbox memory peak: %d bytes", self.memory_peak_bytes)
         return out
 
     def destroy(self) -> None:
