@@ -290,6 +290,7 @@ def clrs_stack(tmp_path: Path) -> Iterator[Stack]:
     storage.close()
 
 
+@pytest.mark.timeout(1800)  # six JAX compilations: minutes when the machine is loaded
 def test_a_clrs_search_runs_end_to_end(clrs_stack: Stack, proposer: str) -> None:  # noqa: F811
     config = search_config.SearchConfig(name="clrs", seed=3, task=BFS)
     config.evolution.rounds = 1
