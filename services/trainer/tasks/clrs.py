@@ -77,6 +77,7 @@ class Clrs(Task):
     num_classes = 0
     program_opening = "def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts):"
     seed_package = "services.trainer.tasks.seeds.clrs"
+    grammar_version = "clrs-jax-v1"
     prompt_header = (
         "# Triplet-message functions for the Triplet-GMPNN processor (CLRS benchmark).\n"
         "# z: node features (B, N, F); edge_fts: (B, N, N, F); graph_fts: (B, F).\n"
