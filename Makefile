@@ -10,10 +10,14 @@ PROTOS := $(wildcard proto/evo/v1/*.proto)
 
 install: $(VENV)/.installed
 
+# llama-cpp-python (the llamacpp backend) compiles llama.cpp at install; its multimodal
+# library (llava/mtmd), which nothing here uses, is left out (LLAVA_BUILD=OFF).
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 
 # Regenerate the Python code for the gRPC contracts (committed; CI fails if stale).
