@@ -136,13 +136,16 @@ class Constraint:
         return matcher
 
     def _advance_phase(self) -> None:
-        if self.phase == 1 and self.compiled.phases == 2 and self.matcher.is_stopped():
+        stopped = self.matcher.is_stopped() and not self.matcher.is_error()
+        if self.phase == 1 and self.compiled.phases == 2 and stopped:
             done = self.tokenizer.decode_str(self.phase_tokens)
             self.matcher = self._matcher(phase2(self.compiled.text, done))
             self.phase, self.phase_tokens = 2, []
 
     @property
     def done(self) -> bool:
+        if self.matcher.is_error():
+            return False
         return self.matcher.is_stopped() and (self.phase == 2 or self.compiled.phases == 1)
 
     @property

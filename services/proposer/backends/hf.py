@@ -147,9 +147,7 @@ class HFBackend(Backend):
         from transformers import LogitsProcessorList
 
         if self._lltokenizer is None:
-            import llguidance.hf
-
-            self._lltokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
+            self._lltokenizer = _lltokenizer(self.tokenizer, self.eos_ids[0])
         compiled = grammar.Compiled.of(text)
         try:
             constraints = [grammar.Constraint(compiled, self._lltokenizer) for _ in range(rows)]
@@ -191,6 +189,51 @@ class HFBackend(Backend):
                 )
             finally:
                 self.model.eval()
+
+
+def _lltokenizer(tokenizer: Any, eos_id: int) -> Any:
+    """llguidance's view of the vocabulary, from each token's bytes.
+
+    Not `llguidance.hf.from_tokenizer`: a tokenizer converted from a GGUF file does not
+    declare its byte-level encoding, and llguidance then reads "ĊĠĠ" where the model
+    means "\\n  ". The bytes come from the GPT-2 byte alphabet when the vocabulary uses
+    it, else from the token's text."""
+    import llguidance
+    from llguidance._tokenizer import TokenizerWrapper
+
+    alphabet = _byte_alphabet()
+    special = set(tokenizer.all_special_ids)
+    pieces: list[bytes] = []
+    for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
+        text = token or ""
+        if all(ch in alphabet for ch in text):
+            pieces.append(bytes(alphabet[ch] for ch in text))
+        else:
+            pieces.append(text.encode())
+    pieces = [b"\xff" + p if i in special else p for i, p in enumerate(pieces)]
+
+    class Vocabulary:
+        eos_token_id = eos_id
+        bos_token_id = tokenizer.bos_token_id
+        tokens = pieces
+        special_token_ids = sorted(special)
+
+        def __call__(self, text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return llguidance.LLTokenizer(TokenizerWrapper(Vocabulary()))
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-ins for the 256 byte values (character -> byte)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    codes, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, codes, strict=True)}
 
 
 class _GrammarMask:

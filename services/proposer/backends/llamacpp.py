@@ -82,10 +82,14 @@ class LlamaCppBackend(Backend):
         _quiet(llama_cpp)
         self.model_arg, self.adapter_dir = model, adapter_dir
         path = Path(model).expanduser() if model else model_files.default_gguf()
-        if path.suffix != ".gguf" or not path.is_file():
+        if path.suffix != ".gguf":
             raise FileNotFoundError(
                 f"--model {path}: the llamacpp backend reads a .gguf file; for a Hugging Face "
                 "model folder use --backend hf"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--model {path}: no such .gguf file (models load offline; download one first)"
             )
         self.model_id = model_files.DEFAULT_MODEL_ID if not model else path.name
         llama_cpp.llama_backend_init()
