@@ -123,10 +123,10 @@ def main() -> None:
     print(f"llamacpp vs hf, soft prompt:       {soft_ratio:.2f}x")
     for soft in ("", ", soft prompt"):
         cost = 1 - median[f"llamacpp, grammar{soft}"] / median[f"llamacpp, free{soft}"]
-        print(f"grammar mask cost{soft or '':13s}:       {100 * cost:+.1f}% tokens/s")
+        print(f"grammar mask cost{soft}: {100 * cost:+.1f}% tokens/s")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     total = 4 * args.repeats
-    print("programs that parse (64 tokens rarely finish one): "
+    print("programs that parse (a few dozen tokens rarely finish one): "
           + ", ".join(f"{name} {parsed[name]}/{total}" for name in rates))  # fmt: skip
 
 
