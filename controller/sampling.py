@@ -11,7 +11,9 @@ grammar moves on. `free` is the paper's own setting.
 Novelty: a child whose normalised code equals a parent's or an earlier candidate's is
 recorded as a duplicate by the lineage store; its slot is sampled again, up to
 `proposer.novelty_resamples` times. Every attempt is recorded (the duplicates too, with
-their tokens), so the token accounting and the lineage keep all of them.
+their tokens), so the token accounting and the lineage keep all of them. Attempt a of slot
+j is recorded as sample a * n + j. A search killed between attempts does not redo the
+missing resamples when resumed (the slot's first attempt is recorded, so it counts as done).
 """
 
 import random
