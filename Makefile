@@ -10,10 +10,14 @@ PROTOS := $(wildcard proto/evo/v1/*.proto)
 
 install: $(VENV)/.installed
 
+# llama-cpp-python (the llamacpp backend) compiles llama.cpp at install; its multimodal
+# library (llava/mtmd), which nothing here uses, is left out (LLAVA_BUILD=OFF).
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 
 # Regenerate the Python code for the gRPC contracts (committed; CI fails if stale).
@@ -40,8 +44,8 @@ test: lint
 # lineage, writes the HTML report to demo-report/, and stops the stack (even on Ctrl-C).
 DEMO_REPORT ?= demo-report
 demo: $(VENV)/.installed sandbox-tools
-	@echo "== make demo: EvoPrompting on MNIST-1D with SmolLM2-135M on this CPU (about 7 minutes on 2 cores)."
-	@echo "== Expect mostly broken children: a 135M-parameter model writes mostly broken code."
+	@echo "== make demo: EvoPrompting on MNIST-1D with SmolLM2-135M on this CPU (llama.cpp, under the task's grammar)."
+	@echo "== Expect children that parse but mostly fail the shape check: a 135M model gets sizes wrong."
 	@echo "== Real searches point the proposal service at a served model (README: 'A real model')."
 	@set -e; trap '$(BIN)/evo down' EXIT; \
 		$(BIN)/evo up; \

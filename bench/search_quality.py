@@ -21,6 +21,7 @@ any new definition) instead of the paper's.
 
     .venv/bin/python -m bench.search_quality --out bench/quality [--seeds 0 1 2]
         [--methods evoprompting few-shot ...] [--rounds 3 --prompts 3 --samples 6 --steps 2000]
+        [--sampling constrained free] [--novelty-resamples 2]   # LM methods once per choice
     .venv/bin/python -m bench.search_quality --out bench/quality --remeasure   # tables again
 
 With a served model: `evo up --lm-backend tgi --lm-url http://tgi-host:80` (or
@@ -40,9 +41,9 @@ from pathlib import Path
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 
-from controller import analysis
+from controller import analysis, sampling
 from controller.clients import Lineage, Proposer, Trainers, trainer_targets
-from controller.config import METHODS, SMALL_MODEL_STOP, SearchConfig
+from controller.config import METHODS, SAMPLING, SMALL_MODEL_STOP, SearchConfig
 from controller.progress import Progress
 from controller.search import Search
 from services.common import addresses
@@ -77,8 +78,12 @@ class Outcome:
     fates: dict[str, int] = field(default_factory=dict)
 
 
-def config_for(method: str, seed: int, args: argparse.Namespace) -> SearchConfig:
-    config = SearchConfig(name=f"quality-{method}-seed{seed}", method=method, seed=seed)
+def config_for(
+    method: str, seed: int, args: argparse.Namespace, how: str = "constrained"
+) -> SearchConfig:
+    config = SearchConfig(name=f"quality-{method}-{how}-seed{seed}", method=method, seed=seed)
+    config.proposer.sampling = how
+    config.proposer.novelty_resamples = args.novelty_resamples
     evo = config.evolution
     evo.rounds, evo.prompts_per_round, evo.samples_per_prompt = (
         args.rounds,
@@ -100,6 +105,7 @@ def config_for(method: str, seed: int, args: argparse.Namespace) -> SearchConfig
 
 
 def run_one(config: SearchConfig, lineage: Lineage, log: io.TextIOBase) -> tuple[int, float]:
+    sampling.pin_grammar(config)  # stored with the search, as `evo search start` does
     made = lineage(
         "CreateSearch",
         pb.CreateSearchRequest(
@@ -314,6 +320,14 @@ def main() -> None:
         help="the paper's population and decoding, or examples/demo.yaml's for a small model",
     )
     parser.add_argument(
+        "--sampling",
+        nargs="+",
+        default=list(SAMPLING),
+        choices=SAMPLING,
+        help="the language-model methods run once per choice (mutation once in all)",
+    )
+    parser.add_argument("--novelty-resamples", type=int, default=2)
+    parser.add_argument(
         "--remeasure",
         action="store_true",
         help="run nothing: re-read the searches of --out/results.json from the lineage store "
@@ -336,12 +350,18 @@ def main() -> None:
         return
     outcomes = []
     with open(args.out / "searches.log", "a") as log:
+        runs = [
+            (method, how)
+            for method in args.methods
+            for how in (args.sampling if method != "mutation" else args.sampling[:1])
+        ]
         for seed in args.seeds:
-            for method in args.methods:
-                config = config_for(method, seed, args)
-                print(f"{method}, seed {seed} ...", flush=True)
+            for method, how in runs:
+                config = config_for(method, seed, args, how)
+                label = method if method == "mutation" else f"{method} ({how})"
+                print(f"{label}, seed {seed} ...", flush=True)
                 search_id, wall = run_one(config, lineage, log)  # type: ignore[arg-type]
-                outcome = measure(lineage, method, seed, search_id, wall)
+                outcome = measure(lineage, label, seed, search_id, wall)
                 print(
                     f"  search {search_id}: {outcome.children} children, {outcome.scored} "
                     f"scored, best fitness {outcome.best_fitness}, {wall / 60:.1f} min",

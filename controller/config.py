@@ -24,6 +24,7 @@ PAPER_STOP = ['\n"""Metrics']
 # Today's earlier choice, kept for small models (examples/demo.yaml): a new top-level
 # definition also ends the program, since a small model rambles on with helpers.
 SMALL_MODEL_STOP = ['\n"""Metrics', "\nclass ", "\ndef ", "\n```"]
+SAMPLING = ("constrained", "free")
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,16 @@ class ProposerConfig:
     # Show the task's natural-language header (what the inputs are, imports) before the
     # parents. The paper's prompt has none.
     prompt_header: bool = False
+    # "constrained": children are sampled under the task's grammar (what the embedded
+    # model needs to write code that runs); "free": the paper's unconstrained sampling.
+    sampling: str = "constrained"
+    # A child that copies a parent or an earlier candidate is sampled again this many
+    # times before it is recorded as a duplicate (controller/sampling.py); 0: never.
+    novelty_resamples: int = 2
+    # The grammar, pinned from the task at `evo search start` and stored with the search
+    # so that it reproduces; left empty in a config file (or set to pin another one).
+    grammar_version: str = ""
+    grammar: str = ""
 
 
 @dataclass
@@ -350,6 +361,8 @@ def _check(built: Any, value: Any, path: str) -> None:
     elif isinstance(built, ProposerConfig):
         need(built.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
         need(0 < built.top_p <= 1, "top_p", "must be in (0, 1]")
+        need(built.sampling in SAMPLING, "sampling", f"must be one of {', '.join(SAMPLING)}")
+        need(built.novelty_resamples >= 0, "novelty_resamples", "must be 0 or more")
     elif isinstance(built, TuningConfig):
         for key in ("num_virtual_tokens", "epochs", "batch_size"):
             need(getattr(built, key) >= 1, key, "must be at least 1")

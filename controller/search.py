@@ -17,6 +17,7 @@ budget, the result) are controller/population.py's; retries and failover are the
 clients'. This module is the order of the steps and what is recorded.
 """
 
+import functools
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
 from evo.v1 import proposer_pb2, trainer_pb2
 
-from controller import lineage_views, mutations, population, prompts
+from controller import lineage_views, mutations, population, prompts, sampling
 from controller.clients import CallFailed, Lineage, Proposer, Trainers
 from controller.config import SearchConfig
 from controller.population import Member
@@ -135,6 +136,7 @@ class Search:
         self._choose_seeds()
         if self.config.uses_language_model:
             self.info = self._proposer_info()
+            sampling.check(self.config, self.task, self.info, self.progress)
         self.progress.update(rounds=self.plan.rounds)
         try:
             with ThreadPoolExecutor(threads, thread_name_prefix="evaluate") as pool:
@@ -249,13 +251,24 @@ class Search:
             ).prompt
             done = {c.sample_index for c in existing if c.prompt_id == prompt.id}
             # A proposer takes at most MAX_SAMPLES_PER_CALL samples a call: the few-shot
-            # baseline's 160 go in several calls, each seeded by where it starts.
+            # baseline's 160 go in several calls, each seeded by where it starts. Children
+            # that copy an earlier program are sampled again (controller/sampling.py).
             n = self.plan.samples_per_prompt
             for first in range(0, n, MAX_SAMPLES_PER_CALL):
                 indices = range(first, min(n, first + MAX_SAMPLES_PER_CALL))
                 missing = [j for j in indices if j not in done]
                 if missing:
-                    self._sample(prompt, indices, missing, sampling_seed + first, adapter)
+                    sampling.until_novel(
+                        functools.partial(
+                            self._sample,
+                            prompt,
+                            indices,
+                            sampling_seed=sampling_seed + first,
+                            adapter=adapter,
+                        ),
+                        missing,
+                        self.config.proposer.novelty_resamples,
+                    )
 
     def _sample(
         self,
@@ -264,26 +277,33 @@ class Search:
         missing: list[int],
         sampling_seed: int,
         adapter: str,
-    ) -> None:
-        """Sample the prompt's children `indices` in one call; record those `missing`."""
+        attempt: int = 0,
+    ) -> list[int]:
+        """Sample the prompt's children `indices` in one call and record those `missing`;
+        returns the slots whose child was a duplicate. Attempt a > 0 resamples just
+        `missing`, recorded as sample a * n + slot (controller/sampling.py)."""
         assert self.proposer is not None and self.task is not None and self.info is not None
         cfg = self.config
-        sampling = common.SamplingParams(
+        n = self.plan.samples_per_prompt
+        grammar, grammar_version = sampling.grammar_of(cfg)
+        params = common.SamplingParams(
             temperature=prompt.temperature,
             top_p=cfg.proposer.top_p,
             max_new_tokens=cfg.proposer.max_new_tokens,
             stop=cfg.proposer.stop,
-            seed=sampling_seed,
+            seed=sampling.attempt_seed(sampling_seed, attempt),
+            grammar_version=grammar_version,
         )
         request = proposer_pb2.GenerateRequest(
             prompt=prompt.text,
-            num_samples=len(indices),
-            sampling=sampling,
+            num_samples=len(indices) if attempt == 0 else len(missing),
+            sampling=params,
             adapter_id=adapter,
             program_opening=self.task.program_opening,
+            grammar=grammar,
         )
         settings = pb.ProposerSettings(
-            backend=self.info.backend, model_id=self.info.model_id, sampling=sampling
+            backend=self.info.backend, model_id=self.info.model_id, sampling=params
         )
         parents = list(dict.fromkeys(prompt.parent_ids))
         base = pb.RecordCandidateRequest(
@@ -303,19 +323,21 @@ class Search:
             for j in missing:
                 failed = pb.RecordCandidateRequest()
                 failed.CopyFrom(base)
-                failed.sample_index = j
+                failed.sample_index = attempt * n + j
                 failed.code = f"# no program: the language model call failed\n# {e}\n"
                 failed.state, failed.reason = FAILED, f"generation failed: {e}"[:2000]
                 self._record_candidate(failed)
-            return
+            return []
         outcomes: Counter[str] = Counter()
-        for j in missing:
-            if j - indices.start >= len(reply.samples):
+        duplicates: list[int] = []
+        for k, j in enumerate(missing):
+            at = j - indices.start if attempt == 0 else k
+            if at >= len(reply.samples):
                 break
-            s = reply.samples[j - indices.start]
+            s = reply.samples[at]
             child = pb.RecordCandidateRequest()
             child.CopyFrom(base)
-            child.sample_index = j
+            child.sample_index = attempt * n + j
             child.code = self._runnable(s.program) if s.program.strip() else "# (empty)\n"
             child.raw_completion = s.raw_completion
             child.prompt_tokens = s.prompt_tokens
@@ -327,14 +349,18 @@ class Search:
             self.progress.add(generated=1)
             recorded = self._record_candidate(child)
             outcomes[_OUTCOME.get(recorded.state, "new")] += 1
+            if recorded.state == pb.CANDIDATE_STATE_DUPLICATE:
+                duplicates.append(j)
             self._submit_if_pending(recorded)
         tokens = sum(s.completion_tokens for s in reply.samples)
+        again = f" (resampling {attempt})" if attempt else ""
         self.progress.note(
             f"round {prompt.round_index}, prompt {prompt.prompt_index + 1} of "
-            f"{self.plan.prompts_per_round}: {len(reply.samples)} samples, {tokens} tokens in "
-            f"{time.monotonic() - started:.0f} s: "
-            + ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
+            f"{self.plan.prompts_per_round}{again}: {len(reply.samples)} samples, {tokens} "
+            f"tokens in {time.monotonic() - started:.0f} s: "
+            + ", ".join(f"{count} {what}" for what, count in sorted(outcomes.items()))
         )
+        return duplicates
 
     def _runnable(self, program: str) -> str:
         """The sampled class with the task's imports above it, as a seed has them."""

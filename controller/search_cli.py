@@ -11,7 +11,7 @@ from evo.v1 import lineage_pb2 as pb
 from rich.console import Console
 
 from controller import lineage_views as views
-from controller import stack
+from controller import sampling, stack
 from controller.clients import CallFailed, Lineage, Proposer, Trainers, trainer_targets
 from controller.config import ConfigError, SearchConfig, load
 from controller.progress import Progress
@@ -135,6 +135,14 @@ def search_start(config_path: Path, name: str | None, report_dir: Path | None) -
         config.name = name
     lineage = _lineage(config)
     try:
+        sampling.pin_grammar(config)  # stored with the search: a resume samples the same
+    except CallFailed as e:
+        _fail(f"{e}: {STACK_HINT}")
+        return
+    except RuntimeError as e:
+        _fail(str(e))
+        return
+    try:
         made = lineage(
             "CreateSearch",
             pb.CreateSearchRequest(
@@ -229,7 +237,9 @@ def search_stop(search_id: int) -> None:
     help="The trainer's sandbox: bwrap, docker or process.",
 )
 @click.option("--slots", default=1, show_default=True, help="Evaluations the trainer runs at once.")
-@click.option("--lm-backend", default="hf", show_default=True, help="hf, tgi or openai.")
+@click.option(
+    "--lm-backend", default="llamacpp", show_default=True, help="llamacpp, hf, tgi or openai."
+)
 @click.option("--lm-model", default=None, help="The proposer's model [default: SmolLM2-135M].")
 @click.option("--lm-url", default=None, help="tgi/openai: the model server, e.g. http://tgi:80.")
 @click.option("--without-lm", is_flag=True, help="No proposal service (for `mutation` searches).")

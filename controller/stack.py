@@ -22,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import addresses
 
-# The first start of the `hf` backend converts the GGUF model file (about 40 s on 2 cores).
+# The first start of the `hf` backend (or the llamacpp backend's first soft prompt-tuning)
+# converts the GGUF model file (about 40 s on 2 cores).
 READY_TIMEOUT_SECONDS = 600.0
 STOP_TIMEOUT_SECONDS = 30.0
 
@@ -121,7 +122,7 @@ def commands(
 def up(
     trainer_backend: str = "bwrap",
     slots: int = 1,
-    lm_backend: str = "hf",
+    lm_backend: str = "llamacpp",
     lm_model: str | None = None,
     with_lm: bool = True,
     say: Say = print,

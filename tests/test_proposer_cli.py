@@ -1,4 +1,4 @@
-"""`evo serve lm` as a real process (default hf backend, offline) and `evo propose` against it."""
+"""`evo serve lm` as a real process (the default llamacpp backend, offline) and `evo propose`."""
 
 import json
 import os
@@ -58,7 +58,7 @@ def served(
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "proposer (hf:" in err and f"serving on 127.0.0.1:{port}" in err
+    assert "proposer (llamacpp:" in err and f"serving on 127.0.0.1:{port}" in err
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_propose_json_is_reproducible_with_a_seed(served: str, prompt_file: Path
     first = CliRunner().invoke(cli(), args)
     assert first.exit_code == 0, first.output
     payload = json.loads(first.output)
-    assert payload["backend"] == "hf" and len(payload["samples"]) == 3
+    assert payload["backend"] == "llamacpp" and len(payload["samples"]) == 3
     sample = payload["samples"][0]
     assert sample["program"].startswith("class Model(nn.Module):")
     assert 1 <= sample["completion_tokens"] <= 8 and sample["prompt_tokens"] > 20
@@ -124,4 +124,9 @@ def test_serve_lm_refuses_a_remote_backend_without_a_url() -> None:
 
 def test_serve_lm_refuses_a_missing_model(tmp_path: Path) -> None:
     result = CliRunner().invoke(serve_lm, ["--model", str(tmp_path / "nothing.gguf")])
+    assert result.exit_code == 1 and "no such .gguf file" in result.output
+    result = CliRunner().invoke(serve_lm, ["--model", str(tmp_path)])
+    assert result.exit_code == 1 and "use --backend hf" in result.output
+    hf = ["--backend", "hf", "--model", str(tmp_path / "nothing.gguf")]
+    result = CliRunner().invoke(serve_lm, hf)
     assert result.exit_code == 1 and "not a .gguf file nor a model folder" in result.output

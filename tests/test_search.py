@@ -203,14 +203,28 @@ def test_evoprompting_search_with_a_served_model(stack: Stack, proposer: str) ->
     found = check_lineage(stack.stub, sid, top, p=3)
     by_id = {c.id: c for c in found}
     children = [c for c in found if c.round_index > 0]
-    assert len(children) == 2 * 2 * 3
+    assert len([c for c in children if c.sample_index < 3]) == 2 * 2 * 3
     states = Counter(c.state for c in children)
     assert states[pb.CANDIDATE_STATE_DUPLICATE] >= 1, (
         "the stand-in repeats itself: some must be dropped"
     )
     assert states[pb.CANDIDATE_STATE_SCORED] >= 1, log
-    # The stand-in's TGI cannot be prompt-tuned: the search says so and goes on.
+    # Novelty: a duplicate's slot is sampled again (attempt a is sample a * n + slot), at
+    # most novelty_resamples times, and only after the previous attempt was a duplicate.
+    resampled = [c for c in children if c.sample_index >= 3]
+    assert resampled, "the stand-in's duplicates must be resampled"
+    for c in resampled:
+        assert c.sample_index < 3 * (1 + config.proposer.novelty_resamples)
+        (before,) = [
+            d
+            for d in children
+            if d.prompt_id == c.prompt_id and d.sample_index == c.sample_index - 3
+        ]
+        assert before.state == pb.CANDIDATE_STATE_DUPLICATE
+        assert c.completion_tokens > 0 and c.raw_completion
+    # The stand-in's TGI cannot be prompt-tuned nor take the grammar: the search says so.
     assert "cannot be prompt-tuned" in log
+    assert "it samples free" in log
     seeds = [c for c in found if c.origin == pb.CANDIDATE_ORIGIN_SEED]
     round1 = [c for c in children if c.round_index == 1 and c.state == pb.CANDIDATE_STATE_SCORED]
     assert round1, "the stand-in's round 1 must score something for round 2 to be checked"

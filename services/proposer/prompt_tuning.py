@@ -151,6 +151,7 @@ def train(
         for text in examples
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device  # a GPU when the hf backend found one
     order_rng = torch.Generator().manual_seed(settings.seed)
     losses: list[float] = []
     peft_model.eval()  # no dropout: the same inputs give the same soft prompt
@@ -158,6 +159,7 @@ def train(
         order = torch.randperm(len(encoded), generator=order_rng).tolist()
         total = 0.0
         for ids, mask, labels in _batches(encoded, settings.batch_size, order, pad_id):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
             optimizer.zero_grad()
             loss.backward()

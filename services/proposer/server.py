@@ -1,5 +1,6 @@
 """The Proposer gRPC service: validates requests, calls a backend, extracts programs."""
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ PAPER_TUNING = base.TuneSettings()
 
 _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (base.UnknownAdapter, grpc.StatusCode.NOT_FOUND),
+    (base.NoGrammar, grpc.StatusCode.FAILED_PRECONDITION),
     (base.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (base.Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
     (base.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -47,7 +49,7 @@ _grpc_errors = grpc_server.error_statuses(
 def sampling_from(request: pb.GenerateRequest) -> base.Sampling:
     """The request's sampling settings, checked; fields left 0 take their defaults."""
     if not request.HasField("sampling"):
-        return DEFAULT_SAMPLING
+        return dataclasses.replace(DEFAULT_SAMPLING, grammar=request.grammar)
     s = request.sampling
     if not math.isfinite(s.temperature) or not 0 <= s.temperature <= 5:
         raise BadRequest(f"sampling.temperature must be in [0, 5] (0 greedy), got {s.temperature}")
@@ -65,6 +67,7 @@ def sampling_from(request: pb.GenerateRequest) -> base.Sampling:
         max_new_tokens=s.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         stop=tuple(s.stop),
         seed=s.seed or None,
+        grammar=request.grammar,
     )  # fmt: skip
 
 
@@ -102,6 +105,12 @@ class ProposerServicer(pb_grpc.ProposerServicer):
         if not 1 <= request.num_samples <= MAX_SAMPLES:
             raise BadRequest(f"num_samples must be in 1..{MAX_SAMPLES}, got {request.num_samples}")
         sampling = sampling_from(request)
+        if sampling.grammar and not self.backend.info().capabilities.grammar:
+            raise base.NoGrammar(
+                f"the {self.backend.name} backend cannot apply a grammar: sample free (search "
+                "config `proposer.sampling: free`), or serve the model with a backend that "
+                "can (llamacpp, hf, openai on vLLM)"
+            )
         started = time.perf_counter()
         completions = self.backend.generate(
             request.prompt,
@@ -152,6 +161,7 @@ class ProposerServicer(pb_grpc.ProposerServicer):
                 adapters=caps.adapters,
                 batched_sampling=caps.batched_sampling,
                 max_context_tokens=caps.max_context_tokens,
+                grammar=caps.grammar,
             ),
             adapter_ids=info.adapter_ids,
         )

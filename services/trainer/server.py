@@ -233,6 +233,8 @@ def task_info(name: str) -> pb.TaskInfo:
         program_opening=task.program_opening,
         seeds=[pb.SeedProgram(name=n, code=c) for n, c in task.seeds()],
         default_budget=pb.Budget(steps=steps, eval_every=task.recipe.eval_every(steps)),
+        grammar=task.grammar(),
+        grammar_version=task.grammar_version,
     )
 
 

@@ -70,15 +70,17 @@ class Metrics(_message.Message):
     def __init__(self, num_params: _Optional[int] = ..., best_val_error: _Optional[float] = ..., best_val_accuracy: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., train_seconds: _Optional[float] = ..., steps_completed: _Optional[int] = ..., val_curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "top_p", "max_new_tokens", "stop", "seed")
+    __slots__ = ("temperature", "top_p", "max_new_tokens", "stop", "seed", "grammar_version")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_VERSION_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_p: float
     max_new_tokens: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     seed: int
-    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
+    grammar_version: str
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., grammar_version: _Optional[str] = ...) -> None: ...

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "num_samples", "sampling", "adapter_id", "program_opening")
+    __slots__ = ("prompt", "num_samples", "sampling", "adapter_id", "program_opening", "grammar")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_OPENING_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     num_samples: int
     sampling: _common_pb2.SamplingParams
     adapter_id: str
     program_opening: str
-    def __init__(self, prompt: _Optional[str] = ..., num_samples: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., program_opening: _Optional[str] = ...) -> None: ...
+    grammar: str
+    def __init__(self, prompt: _Optional[str] = ..., num_samples: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., program_opening: _Optional[str] = ..., grammar: _Optional[str] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("raw_completion", "program", "parse_error", "prompt_tokens", "completion_tokens", "latency_seconds", "finish_reason")
@@ -56,16 +58,18 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ProposerCapabilities(_message.Message):
-    __slots__ = ("prompt_tuning", "adapters", "batched_sampling", "max_context_tokens")
+    __slots__ = ("prompt_tuning", "adapters", "batched_sampling", "max_context_tokens", "grammar")
     PROMPT_TUNING_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     BATCHED_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     prompt_tuning: bool
     adapters: bool
     batched_sampling: bool
     max_context_tokens: int
-    def __init__(self, prompt_tuning: _Optional[bool] = ..., adapters: _Optional[bool] = ..., batched_sampling: _Optional[bool] = ..., max_context_tokens: _Optional[int] = ...) -> None: ...
+    grammar: str
+    def __init__(self, prompt_tuning: _Optional[bool] = ..., adapters: _Optional[bool] = ..., batched_sampling: _Optional[bool] = ..., max_context_tokens: _Optional[int] = ..., grammar: _Optional[str] = ...) -> None: ...
 
 class ProposerInfo(_message.Message):
     __slots__ = ("backend", "model_id", "capabilities", "adapter_ids")

@@ -164,7 +164,7 @@ class SeedProgram(_message.Message):
     def __init__(self, name: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "language", "prompt_header", "program_opening", "seeds", "default_budget")
+    __slots__ = ("name", "description", "language", "prompt_header", "program_opening", "seeds", "default_budget", "grammar", "grammar_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,8 @@ class TaskInfo(_message.Message):
     PROGRAM_OPENING_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     language: ProgramLanguage
@@ -179,4 +181,6 @@ class TaskInfo(_message.Message):
     program_opening: str
     seeds: _containers.RepeatedCompositeFieldContainer[SeedProgram]
     default_budget: Budget
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., language: _Optional[_Union[ProgramLanguage, str]] = ..., prompt_header: _Optional[str] = ..., program_opening: _Optional[str] = ..., seeds: _Optional[_Iterable[_Union[SeedProgram, _Mapping]]] = ..., default_budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    grammar: str
+    grammar_version: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., language: _Optional[_Union[ProgramLanguage, str]] = ..., prompt_header: _Optional[str] = ..., program_opening: _Optional[str] = ..., seeds: _Optional[_Iterable[_Union[SeedProgram, _Mapping]]] = ..., default_budget: _Optional[_Union[Budget, _Mapping]] = ..., grammar: _Optional[str] = ..., grammar_version: _Optional[str] = ...) -> None: ...

@@ -33,6 +33,10 @@ class Unavailable(BackendError):
     """The model server could not be reached through every retry."""
 
 
+class NoGrammar(BackendError):
+    """Constrained sampling was asked of a backend that cannot apply a grammar."""
+
+
 class TimedOut(BackendError):
     """A request ran past its per-request timeout."""
 
@@ -46,6 +50,8 @@ class Sampling:
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # A Lark grammar the completion must follow (services.proposer.grammar); empty: free.
+    grammar: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Capabilities:
     adapters: bool
     batched_sampling: bool
     max_context_tokens: int
+    # How a grammar is applied: "mask", "server", "regex-or-free"; empty: it cannot be.
+    grammar: str = ""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ counts come from each response's `usage`, and seeds are seed, seed+1, ... as for
 LoRA adapter is chosen by naming it as the `model` (vLLM's `--lora-modules`); the adapters
 the server lists under /v1/models (entries with a `parent`) or that --adapter names are
 accepted. Errors may be `{"error": {...}}` (OpenAI, recent vLLM) or flat (older vLLM).
+
+A grammar goes to the server whole (no two phases: the server samples the whole program
+under `start`): vLLM takes Lark as `structured_outputs={"grammar": ...}` (the older
+`guided_grammar` is gone); llama.cpp's server, built with llguidance (as xllamacpp's
+wheels are), takes it as `grammar` behind a `%llguidance {}` line. OpenAI itself takes none.
 """
 
 import os
@@ -34,6 +39,17 @@ from services.proposer.backends.remote import (
     with_retries,
 )
 
+GRAMMAR_VIA = ("vllm", "llama.cpp", "none")
+
+
+def grammar_fields(grammar: str, via: str) -> dict[str, Any]:
+    """The request fields that carry `grammar` to a server of kind `via`."""
+    if not grammar or via == "none":
+        return {}
+    if via == "vllm":
+        return {"structured_outputs": {"grammar": grammar}}
+    return {"grammar": "%llguidance {}\n" + grammar}
+
 
 def _message(payload: Any, fallback: str) -> str:
     if isinstance(payload, dict):
@@ -56,7 +72,11 @@ class OpenAIBackend(Backend):
         api_key: str | None = None,
         timeout: float = 120.0,
         retry: RetryPolicy | None = None,
+        grammar_via: str = "vllm",
     ) -> None:
+        if grammar_via not in GRAMMAR_VIA:
+            raise ValueError(f"grammar_via must be one of {', '.join(GRAMMAR_VIA)}")
+        self.grammar_via = grammar_via
         self.url = url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.adapters = list(adapters or [])
@@ -127,6 +147,7 @@ class OpenAIBackend(Backend):
                 adapters=True,
                 batched_sampling=True,
                 max_context_tokens=int(context or 0),
+                grammar="" if self.grammar_via == "none" else "server",
             ),
             adapter_ids=list(self.adapters),
         )
@@ -162,6 +183,7 @@ class OpenAIBackend(Backend):
             body["stop"] = list(sampling.stop)
         if seed is not None:
             body["seed"] = seed
+        body.update(grammar_fields(sampling.grammar, self.grammar_via))
         started = time.perf_counter()
         payload = await with_retries(
             lambda: self._call("POST", "/v1/completions", body),

@@ -5,8 +5,13 @@ GPUs. The samples of a seeded call use seeds seed, seed+1, ...: the same seed on
 requests would give identical samples. TGI serves LoRA adapters loaded at its start
 (`--lora-adapters`), chosen per request by `parameters.adapter_id`; the Python client does
 not expose that field, so `AdapterClient` adds it. TGI has no soft prompts.
+
+Grammars: TGI takes JSON schemas and regular expressions only. The task grammars are
+recursive (nested brackets), which no regular expression can express, so a constrained
+request samples free and says so (a warning here; the controller warns at search start).
 """
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -35,6 +40,8 @@ from services.proposer.backends.remote import (
     sample_each,
     with_retries,
 )
+
+log = logging.getLogger(__name__)
 
 
 class AdapterClient(AsyncClient):
@@ -79,6 +86,7 @@ class TGIBackend(Backend):
         self.client = AdapterClient(self.url, timeout=int(max(1, timeout)) + 1)
         self._loop = LoopThread("tgi-client")
         self._info: Info | None = None
+        self._warned = False
 
     def info(self) -> Info:
         if self._info is None:
@@ -107,6 +115,7 @@ class TGIBackend(Backend):
                 adapters=True,
                 batched_sampling=True,
                 max_context_tokens=int(found.get("max_total_tokens") or 0),
+                grammar="regex-or-free",
             ),
             adapter_ids=list(self.adapters),
         )
@@ -123,6 +132,12 @@ class TGIBackend(Backend):
             raise UnknownAdapter(
                 f"adapter {adapter_id!r} is not among those the TGI server was started with "
                 f"({', '.join(self.adapters) or 'none'}); pass it with --adapter"
+            )
+        if sampling.grammar and not self._warned:
+            self._warned = True
+            log.warning(
+                "TGI takes regular expressions only and the task's grammar is recursive: "
+                "sampling free (use vLLM through --backend openai for constrained sampling)"
             )
         return self._loop.run(sample_each(self._one, prompt, n, sampling, adapter_id))
 

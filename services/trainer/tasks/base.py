@@ -91,6 +91,9 @@ class Task(ABC):
     program_opening = "class Model(nn.Module):"
     prompt_header = ""
     seed_package = ""  # a package of .py files, one seed program each
+    # A versioned Lark grammar in grammars/ ("mnist1d-pytorch-v1"): what a child may write
+    # after `program_opening`. A new version is a new file, so a stored search reproduces.
+    grammar_version = ""
 
     @abstractmethod
     def dataset(self) -> Dataset:
@@ -103,6 +106,14 @@ class Task(ABC):
             for f in folder.iterdir()
             if f.name.endswith(".py") and not f.name.startswith("_")
         )
+
+    def grammar(self) -> str:
+        """The grammar's text; every seed must parse under it (tests/test_grammars.py)."""
+        if not self.grammar_version:
+            return ""
+        return (
+            resources.files("services.trainer.tasks") / "grammars" / f"{self.grammar_version}.lark"
+        ).read_text()
 
     def accuracy(self, predictions: np.ndarray, labels: np.ndarray) -> float:
         return float(np.mean(predictions.astype(np.int64) == labels))

@@ -138,6 +138,8 @@ class Clrs(Task):
     language = "jax"
     runner = "clrs"
     num_classes = 0
+    # The body's grammar is the same for both signatures: it starts after the `def` line.
+    grammar_version = "clrs-jax-v1"
 
     def __init__(self, name: str) -> None:
         algorithm, _, options = name.removeprefix(PREFIX).partition(":")

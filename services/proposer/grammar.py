@@ -1,0 +1,168 @@
+"""A task's grammar as a logits mask: which tokens may come next, in one or two phases.
+
+The grammar is a Lark file (services/trainer/tasks/grammars/) in the subset both Lark and
+llguidance read. llguidance turns it into a mask over the vocabulary at each step; the
+sampler draws only allowed tokens, so a constrained completion always parses.
+
+Two phases. A grammar that defines the rules `phase1`, `phase2` and `defined_attr` is
+sampled as `phase1` first (for PyTorch: the docstring, `__init__` and forward's signature),
+then as `phase2` with `defined_attr` narrowed to the attribute names phase 1 assigned
+(`self.conv1 = ...`), so `forward` cannot use an attribute `__init__` never set: a
+context-free grammar alone cannot say that. Other grammars are one phase (`start`).
+
+`parse_error` checks a finished text with Lark (pure Python): the controller uses it to
+refuse, at search start, a grammar that rejects one of the task's seeds.
+"""
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PHASE_RULES = ("phase1", "phase2", "defined_attr")
+# An attribute assignment in phase 1's text: `self.name = ...`.
+_ASSIGNED_ATTR = re.compile(r"^\s*self\.([A-Za-z_][A-Za-z0-9_]*)\s*=[^=]", re.MULTILINE)
+
+
+class GrammarError(ValueError):
+    """The grammar is not valid Lark/llguidance, or rejects text it must accept."""
+
+
+def defines(text: str, rule: str) -> bool:
+    return re.search(rf"^{re.escape(rule)}\s*:", text, re.MULTILINE) is not None
+
+
+def two_phase(text: str) -> bool:
+    return all(defines(text, rule) for rule in PHASE_RULES)
+
+
+def _replace_rule(text: str, rule: str, body: str) -> str:
+    """`text` with the one-line rule `rule: ...` replaced by `rule: body`."""
+    pattern = re.compile(rf"^{re.escape(rule)}\s*:.*$", re.MULTILINE)
+    if not pattern.search(text):
+        raise GrammarError(f"the grammar has no one-line rule {rule!r}")
+    return pattern.sub(lambda _: f"{rule}: {body}", text, count=1)
+
+
+def phase1(text: str) -> str:
+    """The grammar of phase 1: `start` is `phase1`."""
+    return _replace_rule(text, "start", "phase1")
+
+
+def assigned_attributes(phase1_text: str) -> list[str]:
+    """The attribute names phase 1 assigned (`self.conv1 = ...`), in order, once each."""
+    return list(dict.fromkeys(_ASSIGNED_ATTR.findall(phase1_text)))
+
+
+def phase2(text: str, phase1_text: str) -> str:
+    """The grammar of phase 2: `start` is `phase2`, `defined_attr` only the names assigned.
+
+    With no attribute assigned, `forward` may read none: `defined_attr` becomes a name no
+    program assigns, which the sampler can never complete into anything that runs."""
+    names = assigned_attributes(phase1_text) or ["_no_attribute_was_assigned"]
+    narrowed = _replace_rule(text, "defined_attr", " | ".join(f'"{n}"' for n in names))
+    return _replace_rule(narrowed, "start", "phase2")
+
+
+def parse_error(grammar_text: str, completion: str) -> str:
+    """'' when the grammar accepts `completion` (the text after the program opening)."""
+    import lark
+
+    try:
+        parser = lark.Lark(grammar_text, parser="earley", lexer="dynamic", start="start")
+    except lark.exceptions.LarkError as e:
+        raise GrammarError(f"the grammar is not valid Lark: {e}") from e
+    try:
+        parser.parse(completion)
+    except lark.exceptions.LarkError as e:
+        return str(e).strip().splitlines()[0]
+    return ""
+
+
+def seed_errors(grammar_text: str, opening: str, seeds: Sequence[tuple[str, str]]) -> list[str]:
+    """One message per seed (name, code) the grammar rejects; empty when it takes them all."""
+    errors = []
+    for name, code in seeds:
+        at = code.find(opening)
+        if at == -1:
+            errors.append(f"seed {name}: does not contain the opening {opening!r}")
+            continue
+        error = parse_error(grammar_text, code[at + len(opening) :])
+        if error:
+            errors.append(f"seed {name}: {error}")
+    return errors
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A grammar ready for llguidance: one or two phases."""
+
+    text: str
+    phases: int
+
+    @classmethod
+    def of(cls, text: str) -> "Compiled":
+        return cls(text, 2 if two_phase(text) else 1)
+
+
+class Constraint:
+    """One sequence's grammar state: the mask for its next token, phase by phase.
+
+    Feed it every token the sequence gets (`consume`); ask `allowed` for the next token's
+    mask and `forced` for tokens the grammar leaves no choice about (no need to sample
+    them). `done` once the grammar is complete; `error` says why it broke, if it did.
+    """
+
+    def __init__(self, compiled: Compiled, tokenizer: Any) -> None:
+        self.compiled = compiled
+        self.tokenizer = tokenizer
+        self.phase = 1
+        self.phase_tokens: list[int] = []
+        first = phase1(compiled.text) if compiled.phases == 2 else compiled.text
+        self.matcher = self._matcher(first)
+        self.words = (tokenizer.vocab_size + 31) // 32
+        self._mask = np.zeros(self.words, dtype=np.int32)
+
+    def _matcher(self, text: str) -> Any:
+        import llguidance
+
+        matcher = llguidance.LLMatcher(
+            self.tokenizer, llguidance.LLMatcher.grammar_from_lark(text), log_level=0
+        )
+        if matcher.is_error():
+            raise GrammarError(f"llguidance cannot use the grammar: {matcher.get_error()}")
+        return matcher
+
+    def _advance_phase(self) -> None:
+        stopped = self.matcher.is_stopped() and not self.matcher.is_error()
+        if self.phase == 1 and self.compiled.phases == 2 and stopped:
+            done = self.tokenizer.decode_str(self.phase_tokens)
+            self.matcher = self._matcher(phase2(self.compiled.text, done))
+            self.phase, self.phase_tokens = 2, []
+
+    @property
+    def done(self) -> bool:
+        if self.matcher.is_error():
+            return False
+        return self.matcher.is_stopped() and (self.phase == 2 or self.compiled.phases == 1)
+
+    @property
+    def error(self) -> str:
+        return self.matcher.get_error() if self.matcher.is_error() else ""
+
+    def allowed(self) -> np.ndarray:
+        """A boolean mask over the vocabulary: True where a token may come next."""
+        self.matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
+        bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")
+        return bits[: self.tokenizer.vocab_size].astype(bool)
+
+    def forced(self) -> list[int]:
+        """Tokens the grammar allows one way only from here (fast-forward)."""
+        return list(self.matcher.compute_ff_tokens())
+
+    def consume(self, token: int) -> None:
+        self.matcher.consume_token(token)
+        self.phase_tokens.append(token)
+        self._advance_phase()
