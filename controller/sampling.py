@@ -24,7 +24,6 @@ from evo.v1 import proposer_pb2, trainer_pb2
 from controller.clients import Trainer, call_with_retries, trainer_targets
 from controller.config import SearchConfig
 from controller.progress import Progress
-from services.proposer import grammar as grammars
 
 
 def pin_grammar(config: SearchConfig) -> None:
@@ -55,6 +54,10 @@ def pin_grammar(config: SearchConfig) -> None:
 def check_seeds(text: str, version: str, task: trainer_pb2.TaskInfo) -> None:
     """RuntimeError when the grammar rejects one of the task's seeds: a child could never
     be written like its parents, which is a broken grammar, not a search setting."""
+    # Imported here: the grammar engines (lark, llguidance) are the proposer's and the
+    # language-model extra's, and the `evo` command must import without them.
+    from services.proposer import grammar as grammars
+
     seeds = [(s.name, s.code) for s in task.seeds]
     try:
         errors = grammars.seed_errors(text, task.program_opening, seeds)

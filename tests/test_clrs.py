@@ -311,6 +311,7 @@ def test_a_clrs_search_runs_end_to_end(clrs_stack: Stack, proposer: str) -> None
     config.services.lineage = clrs_stack.lineage
     config.services.trainers = [clrs_stack.trainer]
     config.services.proposer = proposer
+    config.proposer.sampling = "free"  # the paper's CLRS space has no grammar yet
     sid, top, log = run(config, "evoprompting")
     found = check_lineage(clrs_stack.stub, sid, top, p=2)
     seeds = [c for c in found if c.round_index == 0]

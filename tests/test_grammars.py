@@ -9,7 +9,7 @@ from controller import sampling
 from services.proposer import grammar
 from services.trainer import server as trainer_server
 from services.trainer.tasks.base import Task
-from services.trainer.tasks.clrs import Clrs
+from services.trainer.tasks.clrs import SPACES, Clrs
 from services.trainer.tasks.mnist1d import Mnist1d
 
 MNIST = Mnist1d()
@@ -25,13 +25,16 @@ def completions(task: Task) -> list[tuple[str, str]]:
     return out
 
 
-def clrs_task() -> Task:
-    """The CLRS task's grammar and seeds need no dm-clrs: only the class attributes."""
+def clrs_task(space: str = "paper") -> Task:
+    """The CLRS task's grammar and seeds need no dm-clrs: only the search space's
+    attributes (the paper's signature, or dm-clrs's with `triplet=dmclrs`)."""
     task = Clrs.__new__(Clrs)
+    task.program_opening, task.seed_package, task.prompt_header = SPACES[space]
+    task.grammar_version = "clrs-jax-v1" if space == "dmclrs" else ""
     return task
 
 
-@pytest.mark.parametrize("task", [MNIST, clrs_task()], ids=["mnist1d", "clrs"])
+@pytest.mark.parametrize("task", [MNIST, clrs_task("dmclrs")], ids=["mnist1d", "clrs-dmclrs"])
 def test_every_seed_parses_under_its_task_grammar(task: Task) -> None:
     text = task.grammar()
     assert text and task.grammar_version in text.splitlines()[0]
@@ -98,7 +101,7 @@ def lltokenizer():  # type: ignore[no-untyped-def]
     llama_cpp.llama_model_free(model)
 
 
-@pytest.mark.parametrize("task", [MNIST, clrs_task()], ids=["mnist1d", "clrs"])
+@pytest.mark.parametrize("task", [MNIST, clrs_task("dmclrs")], ids=["mnist1d", "clrs-dmclrs"])
 def test_llguidance_accepts_every_seed_token_by_token(task: Task, lltokenizer) -> None:  # type: ignore[no-untyped-def]
     compiled = grammar.Compiled.of(task.grammar())
     for name, body in completions(task):
