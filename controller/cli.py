@@ -20,6 +20,7 @@ from rich.console import Console
 
 from controller import addresses, search_cli
 from controller import lineage_views as views
+from services.common.metrics import metrics_option
 from services.proposer.cli import propose, serve_lm
 from services.trainer.cli import sandbox, serve_trainer
 
@@ -97,9 +98,15 @@ def serve() -> None:
     show_default=True,
     help="Upgrade the schema on start. With --no-migrate an old schema is refused.",
 )
+@metrics_option
 @click.option("--log-level", default=None, help="debug, info, warning (default) or error.")
 def serve_lineage(
-    host: str, port: int, db_url: str | None, migrate: bool, log_level: str | None
+    host: str,
+    port: int,
+    db_url: str | None,
+    migrate: bool,
+    metrics_port: int,
+    log_level: str | None,
 ) -> None:
     """The lineage store: every search, candidate, parent link and score."""
     from services.common import logs
@@ -123,7 +130,10 @@ def serve_lineage(
     click.echo(
         f"lineage store serving on {host}:{service.port} (database {_redact(url)})", err=True
     )
-    grpc_server.serve_forever(service)
+    try:
+        grpc_server.serve_forever(service, metrics_port=metrics_port)
+    except OSError as e:
+        fail(str(e))
     storage.close()
 
 

@@ -31,7 +31,7 @@ python_in_image=$("${PYTHON}" -c 'import sys; print(sys.executable)')
 # The container mounts its own tmpfs on /tmp, which would hide a venv that lives there.
 [[ ${python_in_image} != /tmp/* ]] || die "the venv is under /tmp (${python_in_image}), which the sandbox's own /tmp hides: use a checkout elsewhere"
 # The sandbox's modules, hashed in services/trainer/sandbox/docker.py's CHILD_FILES order.
-child_sha=$(cat services/trainer/{child,clrs_child,clrs_lib}.py | sha256sum | cut -d' ' -f1)
+child_sha=$(cat services/trainer/{child,clrs_child,clrs_lib,gpu_child}.py | sha256sum | cut -d' ' -f1)
 old_id=$(docker image inspect -f '{{.Id}}' "${IMAGE}" 2>/dev/null || true)
 started=${SECONDS}
 

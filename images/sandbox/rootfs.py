@@ -39,6 +39,7 @@ CHILD_MODULES = [
     "services/trainer/__init__.py",
     "services/trainer/child.py",
     "services/trainer/clrs_child.py",
+    "services/trainer/gpu_child.py",
     "services/trainer/clrs_lib.py",
 ]
 ROOT_PACKAGES = ["torch", "numpy"]

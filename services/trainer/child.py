@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from services.trainer import gpu_child
+
 # Frame types on the result channel.
 PROGRESS = b"P"
 RESULT = b"R"
@@ -54,7 +56,9 @@ def read_job(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def apply_limits(job: dict[str, Any]) -> None:
     """Lower soft and hard limits before any candidate code runs; it cannot raise them back."""
-    for key, which in _LIMITS.items():
+    # GPU sandboxes: RLIMIT_DATA instead of RLIMIT_AS (services/trainer/gpu_child.py).
+    limits = {**_LIMITS, "memory_bytes": gpu_child.memory_rlimit()}
+    for key, which in limits.items():
         value = int(job.get(key) or 0)
         if value > 0:
             _, hard = resource.getrlimit(which)
@@ -65,6 +69,8 @@ def apply_limits(job: dict[str, Any]) -> None:
 
 def _failure_from(exc: BaseException, stage: str) -> StageFailure:
     text = f"{type(exc).__name__}: {exc}".strip()
+    if gpu_child.is_gpu_oom(exc):
+        return StageFailure("OOM", stage, f"ran out of GPU memory during {stage}: {text[:300]}")
     if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text:
         return StageFailure("OOM", stage, f"ran out of memory during {stage}: {text[:300]}")
     return StageFailure("CRASHED", stage, f"{stage} failed: {text[:500]}")
@@ -147,10 +153,16 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
     if num_params == 0:
         raise StageFailure("INVALID", "count_params", "the model has no trainable parameters")
 
-    train_x = torch.from_numpy(data["train_x"])
-    train_y = torch.from_numpy(data["train_y"])
-    val_x = torch.from_numpy(data["val_x"])
-    test_x = torch.from_numpy(data["test_x"])
+    # The sandbox's device (gpu_child): the model and the data move there once.
+    try:
+        device = gpu_child.torch_device()
+        model = model.to(device)
+    except BaseException as e:
+        raise _failure_from(e, "build") from None
+    train_x = torch.from_numpy(data["train_x"]).to(device)
+    train_y = torch.from_numpy(data["train_y"]).to(device)
+    val_x = torch.from_numpy(data["val_x"]).to(device)
+    test_x = torch.from_numpy(data["test_x"]).to(device)
     num_classes = int(job["num_classes"])
 
     # Stage: one dummy forward pass checking shapes.
@@ -187,7 +199,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
         with torch.no_grad():
             logits = torch.cat([model(chunk) for chunk in torch.split(x, 512)])
         model.train()
-        return logits.argmax(dim=1).to(torch.int16).numpy()
+        return logits.argmax(dim=1).to(torch.int16).cpu().numpy()
 
     val_steps: list[int] = []
     val_preds: list[np.ndarray] = []
@@ -197,7 +209,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
     step = 0
     try:
         for step in range(1, steps + 1):
-            idx = torch.randint(0, train_x.shape[0], (batch,), generator=generator)
+            idx = torch.randint(0, train_x.shape[0], (batch,), generator=generator).to(device)
             loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
             if not torch.isfinite(loss):
                 raise StageFailure("DIVERGED", "train", f"loss became {loss.item()} at step {step}")
@@ -222,7 +234,7 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
         raise _failure_from(e, "train") from None
     train_seconds = time.perf_counter() - started
 
-    weights = {f"w{i}": p.detach().float().numpy() for i, p in enumerate(model.parameters())}
+    weights = {f"w{i}": p.detach().float().cpu().numpy() for i, p in enumerate(model.parameters())}
     return {
         "meta": done_meta(steps, train_seconds, meta_count),
         "val_steps": np.asarray(val_steps, dtype=np.int64),

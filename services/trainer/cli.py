@@ -8,6 +8,8 @@ from typing import Any, NoReturn
 
 import click
 
+from services.common.metrics import metrics_option
+
 BACKEND_CHOICE = click.Choice(["bwrap", "docker", "process"])
 
 
@@ -25,11 +27,22 @@ def _config(
     time_limit: float,
     memory_mb: int,
     allow_unisolated: bool,
+    gpus: str = "none",
+    slots_per_gpu: int = 1,
+    gpu_sharing: str = "exclusive",
+    sandbox_proc: str = "fresh",
 ):  # type: ignore[no-untyped-def]
     from services.trainer.sandbox.base import MIB, Limits
+    from services.trainer.sandbox.gpu import GpuConfig
     from services.trainer.server import TrainerConfig
 
+    try:
+        gpu = GpuConfig(gpus=gpus, slots_per_gpu=slots_per_gpu, sharing=gpu_sharing)
+    except ValueError as e:
+        _fail(str(e))
     return TrainerConfig(
+        gpu=gpu,
+        sandbox_proc=sandbox_proc,
         backend=backend,
         slots=slots,
         threads_per_slot=threads,
@@ -48,6 +61,21 @@ backend_option = click.option(
     help="bwrap: bubblewrap namespaces; docker: a container per evaluation; "
     "process: no isolation, development only.",
 )
+gpus_option = click.option(
+    "--gpus",
+    default=lambda: os.environ.get("EVO_GPUS", "none"),
+    show_default="none ($EVO_GPUS)",
+    help="GPUs for the candidates: none, all (every /dev/nvidiaN), or minor numbers like 0,2. "
+    "A GPU asked for and missing stops the trainer at start.",
+)
+sandbox_proc_option = click.option(
+    "--sandbox-proc",
+    type=click.Choice(["fresh", "minimal"]),
+    default=lambda: os.environ.get("EVO_SANDBOX_PROC", "fresh"),
+    show_default="fresh ($EVO_SANDBOX_PROC)",
+    help="The bwrap sandbox's /proc: fresh (its own PID namespace's; needs an unmasked /proc) "
+    "or minimal (driver and CPU information only; for GPU pods, which cannot unmask /proc).",
+)
 unisolated_option = click.option(
     "--allow-unisolated",
     is_flag=True,
@@ -59,7 +87,12 @@ unisolated_option = click.option(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=50052, show_default=True)
 @backend_option
-@click.option("--slots", default=1, show_default=True, help="Evaluations run at once.")
+@click.option(
+    "--slots",
+    default=None,
+    type=int,
+    help="Evaluations run at once [default: 1; with GPUs, GPUs x --slots-per-gpu].",
+)
 @click.option(
     "--threads-per-slot", default=1, show_default=True, help="CPU threads each evaluation may use."
 )
@@ -82,6 +115,29 @@ unisolated_option = click.option(
     show_default=True,
     help="Most memory any evaluation may ask for.",
 )
+@gpus_option
+@click.option(
+    "--slots-per-gpu",
+    default=1,
+    show_default=True,
+    help="Candidates per GPU at once; only 1 bounds each one's GPU memory (README.md).",
+)
+@click.option(
+    "--gpu-sharing",
+    type=click.Choice(["exclusive"]),
+    default="exclusive",
+    show_default=True,
+    help="How candidates share a GPU: exclusive (one at a time). Several per GPU: MIG slices.",
+)
+@sandbox_proc_option
+@click.option(
+    "--drain-seconds",
+    default=None,
+    type=float,
+    help="On SIGTERM, how long running evaluations may finish [default: --time-limit + 30]; "
+    "Kubernetes' terminationGracePeriodSeconds must be longer.",
+)
+@metrics_option
 @unisolated_option
 @click.option("--log-level", default=None)
 def serve_trainer(
@@ -94,6 +150,12 @@ def serve_trainer(
     max_queue: int,
     time_limit: float,
     memory_limit_mb: int,
+    gpus: str,
+    slots_per_gpu: int,
+    gpu_sharing: str,
+    sandbox_proc: str,
+    drain_seconds: float | None,
+    metrics_port: int,
     allow_unisolated: bool,
     log_level: str | None,
 ) -> None:
@@ -103,26 +165,49 @@ def serve_trainer(
     from services.trainer import server
 
     logs.setup(log_level)
+    # Without GPUs one slot by default; with them, as many as the GPUs hold (0 here).
+    default_slots = 0 if gpus != "none" else 1
     config = _config(
         backend,
-        slots,
+        default_slots if slots is None else slots,
         threads_per_slot,
-        slots if warm is None else warm,
+        (1 if slots is None else slots) if warm is None else warm,
         max_queue,
         time_limit,
         memory_limit_mb,
         allow_unisolated,
+        gpus,
+        slots_per_gpu,
+        gpu_sharing,
+        sandbox_proc,
     )
     try:
         trainer = server.Trainer(config)
         service = server.start(trainer, host, port)
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, ValueError) as e:
         _fail(str(e))
+    devices = ", ".join(g.describe() for g in trainer.gpus) or "CPU"
     click.echo(
-        f"trainer serving on {host}:{service.port} ({backend} sandbox, {slots} slots)", err=True
+        f"trainer serving on {host}:{service.port} ({backend} sandbox, {trainer.slots} slots, "
+        f"{devices})",
+        err=True,
     )
-    grpc_server.serve_forever(service)
+    drain = time_limit + 30 if drain_seconds is None else drain_seconds
+    try:
+        grpc_server.serve_forever(
+            service,
+            metrics_port=metrics_port,
+            grace=5.0,
+            drain=lambda: _drain(trainer, drain),
+        )
+    except OSError as e:
+        _fail(str(e))
     trainer.close()
+
+
+def _drain(trainer: Any, seconds: float) -> None:
+    if not trainer.drain(seconds):
+        click.echo(f"trainer: evaluations still running after {seconds:.0f} s; stopping", err=True)
 
 
 @click.group()

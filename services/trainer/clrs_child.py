@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from services.trainer import clrs_lib
+from services.trainer import clrs_lib, gpu_child
 from services.trainer.child import (
     PROGRESS,
     StageFailure,
@@ -61,9 +61,11 @@ def run(job: dict[str, Any], data: dict[str, np.ndarray], out: BinaryIO) -> dict
         f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
         f"intra_op_parallelism_threads={threads}"
     )
+    # cpu, or cuda in a GPU sandbox (services/trainer/gpu_child.py): set before the import.
+    platform = gpu_child.configure_jax()
     import jax
 
-    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_platforms", platform)
     clrs = clrs_lib.load()
     namespace: dict[str, Any] = {"__name__": "candidate"}
     try:

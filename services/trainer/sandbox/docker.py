@@ -32,6 +32,7 @@ import docker.types
 import requests
 
 import services.trainer.child
+from services.trainer.sandbox import gpu as gpus
 from services.trainer.sandbox.base import (
     MIB,
     Backend,
@@ -55,7 +56,7 @@ DEFAULT_IMAGE = "evo-sandbox:local"
 # Set on every container this backend makes, so that leftovers can be found and removed.
 LABEL = "evo.sandbox"
 # The modules the image carries for the child; its label hashes them in this order.
-CHILD_FILES = ("child.py", "clrs_child.py", "clrs_lib.py")
+CHILD_FILES = ("child.py", "clrs_child.py", "clrs_lib.py", "gpu_child.py")
 BUILD_HINT = "build it with images/sandbox/build-local.sh"
 ENGINE_HINT = "start dockerd (images/sandbox/start-docker-engine.sh) or set DOCKER_HOST"
 # The attach stream's frame header: stream id, three zero bytes, big-endian length.
@@ -80,14 +81,13 @@ class DockerBackend(Backend):
         limits: Limits,
         threads: int = 1,
         image: str | None = None,
-        gpus: bool | None = None,
         client: docker.DockerClient | None = None,
+        gpu: gpus.Gpu | None = None,
     ) -> None:
         super().__init__(limits, threads)
         self.image = image or os.environ.get("EVO_SANDBOX_IMAGE") or DEFAULT_IMAGE
-        if gpus is None:
-            gpus = os.environ.get("EVO_SANDBOX_GPUS", "").lower() in ("1", "true", "yes")
-        self.gpus = gpus
+        # This backend's sandboxes get this one GPU (services/trainer/sandbox/gpu.py).
+        self.gpu = gpu
         try:
             self.client = client or docker.from_env()
             self.client.ping()
@@ -128,7 +128,7 @@ class DockerBackend(Backend):
         create: dict[str, Any] = {
             "command": [self.python, *CHILD],
             "user": f"{uid}:{uid}",
-            "environment": child_env(self.threads),
+            "environment": {**child_env(self.threads), **gpus.child_env(self.gpu)},
             "working_dir": "/tmp",
             "hostname": "sandbox",
             "labels": {LABEL: "1"},
@@ -163,8 +163,8 @@ class DockerBackend(Backend):
             # candidate's output (a flood would otherwise fill the host's disk).
             "log_config": docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
         }
-        if self.gpus:
-            host["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        if self.gpu:
+            host["device_requests"] = gpus.docker_device_requests(self.gpu)
         return create, host
 
     def start(self) -> Sandbox:
@@ -185,7 +185,7 @@ class DockerSandbox(Sandbox):
         self, owner: DockerBackend, options: tuple[dict[str, Any], dict[str, Any]]
     ) -> None:
         self.api = owner.client.api
-        self.device = "cuda" if owner.gpus else "cpu"
+        self.device = owner.gpu.device if owner.gpu else "cpu"
         self.memory_bytes = owner.limits.memory_bytes
         # The host-visible uid of every process in the container (no user namespace).
         self.uid = int(str(options[0]["user"]).split(":")[0])

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import services
+from services.trainer.sandbox import gpu as gpus
 from services.trainer.sandbox.base import Backend, Limits, ProcessSandbox, Sandbox
 from services.trainer.sandbox.seccomp import filter_fd
 
@@ -34,7 +35,7 @@ def child_env(threads: int) -> dict[str, str]:
     }
 
 
-def rlimit_prefix(limits: Limits, threads: int) -> list[str]:
+def rlimit_prefix(limits: Limits, threads: int, gpu: gpus.Gpu | None = None) -> list[str]:
     """`prlimit` with the trainer's maximum limits; the child lowers them per job.
 
     A command, not a preexec function: Python code between fork and exec in a
@@ -46,7 +47,7 @@ def rlimit_prefix(limits: Limits, threads: int) -> list[str]:
     cpu = int(limits.wall_seconds * max(threads, 1)) + 60
     return [
         prlimit,
-        f"--as={limits.memory_bytes}",
+        f"{gpus.memory_rlimit_flag(gpu)}={limits.memory_bytes}",
         f"--cpu={cpu}",
         f"--fsize={limits.file_bytes}",
         f"--nofile={limits.open_files}",
@@ -71,8 +72,16 @@ class BwrapBackend(Backend):
     _uids = itertools.count()
     _uid_lock = threading.Lock()
 
-    def __init__(self, limits: Limits, threads: int = 1) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        threads: int = 1,
+        gpu: gpus.Gpu | None = None,
+        proc: str = "fresh",
+    ) -> None:
         super().__init__(limits, threads)
+        # GPU: this backend's sandboxes get this one GPU (gpu.py); proc: see gpu.proc_args.
+        self.gpu, self.proc = gpu, proc
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
         if not self.bwrap:
@@ -97,8 +106,9 @@ class BwrapBackend(Backend):
             "--die-with-parent", "--new-session",
             "--hostname", "sandbox",
             "--ro-bind", "/usr", "/usr",
-            "--proc", "/proc",
+            *gpus.proc_args(self.proc),
             "--dev", "/dev",
+            *(gpus.bwrap_args(self.gpu) if self.gpu else []),
             "--perms", "1777", "--size", str(self.limits.scratch_bytes), "--tmpfs", "/tmp",
             "--chdir", "/tmp",
             "--clearenv",
@@ -121,7 +131,7 @@ class BwrapBackend(Backend):
                     made.add(str(parent))
                     args += ["--perms", "0755", "--dir", str(parent)]
             args += ["--ro-bind", path, path]
-        for key, value in child_env(self.threads).items():
+        for key, value in {**child_env(self.threads), **gpus.child_env(self.gpu)}.items():
             args += ["--setenv", key, value]
         if os.geteuid() == 0:
             # bwrap needs root to build the mounts; the candidate then runs as a plain uid
@@ -139,7 +149,7 @@ class BwrapBackend(Backend):
         seccomp_fd = filter_fd()
         try:
             sandbox = ProcessSandbox(
-                rlimit_prefix(limits, threads) + self.argv(uid, seccomp_fd),
+                rlimit_prefix(limits, threads, self.gpu) + self.argv(uid, seccomp_fd),
                 env=child_env(threads),
                 backend=self.name,
                 isolated=True,
@@ -148,6 +158,7 @@ class BwrapBackend(Backend):
         finally:
             os.close(seccomp_fd)
         sandbox.uid = uid
+        sandbox.device = self.gpu.device if self.gpu else "cpu"
         return sandbox
 
 
