@@ -334,6 +334,9 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         yield pb.EvaluateEvent(result=outcome[0])
 
     def GetCapacity(self, request, context):
+        if self.trainer.draining:
+            # As good as gone: callers that track live capacity drop this replica.
+            context.abort(grpc.StatusCode.UNAVAILABLE, "trainer draining before it stops")
         return self.trainer.capacity()
 
     def ListTasks(self, request, context):
