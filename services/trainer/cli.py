@@ -327,3 +327,49 @@ def print_result(result: Any, clrs: bool = False) -> None:
     if result.log_tail.strip():
         console.print("log tail:")
         console.print("\n".join(result.log_tail.splitlines()[-20:]), markup=False, highlight=False)
+
+
+@sandbox.command("gpu-check")
+@click.option(
+    "--gpu", default="all", show_default=True, help="Which GPU: all (the first) or a minor number."
+)
+@backend_option
+@sandbox_proc_option
+@click.option(
+    "--memory-limit-mb", default=4096, show_default=True, help="The sandbox's host memory."
+)
+@click.option(
+    "--steps", default=8000, show_default=True, help="Training steps in the throughput check."
+)
+@click.option(
+    "--evaluations", default=4, show_default=True, help="Sandboxed evaluations timed one at a time."
+)
+@click.option("--parallel", default=4, show_default=True, help="Sandboxes at once on the GPU.")
+@click.option("--quick", is_flag=True, help="Skip the throughput measurement.")
+def gpu_check(
+    gpu: str,
+    backend: str,
+    sandbox_proc: str,
+    memory_limit_mb: int,
+    steps: int,
+    evaluations: int,
+    parallel: int,
+    quick: bool,
+) -> None:
+    """PASS/FAIL for the sandbox on this machine's GPU (exit 0, 1; 77: no GPU here)."""
+    from services.trainer import gpu_check as checks
+
+    try:
+        config = checks.CheckConfig(
+            gpu=gpu if gpu == "all" else str(int(gpu)),
+            backend=backend,
+            sandbox_proc=sandbox_proc,
+            memory_mb=memory_limit_mb,
+            steps=steps,
+            evaluations=evaluations,
+            parallel=parallel,
+            quick=quick,
+        )
+    except ValueError as e:
+        _fail(str(e))
+    sys.exit(checks.run_checks(config, lambda line: click.echo(line)))
