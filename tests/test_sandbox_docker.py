@@ -127,7 +127,7 @@ def test_container_is_locked_down(backend: "DockerBackend") -> None:
         assert uid >= 61000
         assert config["Labels"][LABEL] == "1"
         env = dict(item.split("=", 1) for item in config["Env"])
-        assert env == child_env(backend.threads)
+        assert env == {**child_env(backend.threads), "EVO_DEVICE": "cpu"}
     finally:
         sandbox.destroy()
     assert_gone(backend, sandbox.id)  # type: ignore[attr-defined]
@@ -194,7 +194,7 @@ def test_candidate_sees_a_locked_down_container(backend: "DockerBackend") -> Non
     assert facts["docker_sock"] == [] and facts["sock_mounts"] == []
     # Exactly the child's environment; the engine adds HOSTNAME, which names nothing real.
     assert facts["env"].pop("HOSTNAME") == "sandbox"
-    assert facts["env"] == child_env(backend.threads)
+    assert facts["env"] == {**child_env(backend.threads), "EVO_DEVICE": "cpu"}
     # Nothing of the host's root: no /root secrets beyond the interpreter, no /var, no /home.
     assert not {"home", "var", "mnt", "srv", "opt"} & set(facts["root_listing"])
 
