@@ -39,7 +39,8 @@ def torch_device() -> Any:
             "this sandbox was given a GPU but torch cannot use CUDA (a CPU-only torch build, "
             "or device nodes missing); the trainer image must be the CUDA one"
         )
-    # Initialise CUDA now, before the candidate's code can change the environment it reads.
+    # Initialise CUDA here, so that a broken driver fails this stage and not training. The
+    # sandbox's only GPU node is its own: nothing the candidate sets can reach another GPU.
     torch.cuda.init()
     return torch.device("cuda", 0)
 
