@@ -160,6 +160,8 @@ class Trainer:
                     "candidate(s) each: lower --slots or give the trainer more GPUs"
                 )
             self.slots = config.slots or self.assigner.slots
+        if self.slots < 1:
+            raise RuntimeError(f"a trainer needs at least one slot, not {self.slots}")
         lanes: list[gpus.Gpu | None] = list(self.gpus) or [None]
         self.backends = {g.minor if g else None: make_backend(config, g) for g in lanes}
         self.backend = next(iter(self.backends.values()))
