@@ -160,6 +160,21 @@ def test_the_allow_list_is_the_gpu_its_control_nodes_and_its_mig_caps(tmp_path: 
         assert not any(a.endswith(never) for a in args), never
 
 
+def test_mig_management_capabilities_are_never_bound(tmp_path: Path) -> None:
+    caps = ["nvidia-cap1", "nvidia-cap2", "nvidia-cap21", "nvidia-cap22"]
+    dev = stand_in_dev(tmp_path, caps=caps)
+    table = tmp_path / "mig-minors"
+    table.write_text("config 1\nmonitor 2\ngpu0/gi1/access 21\ngpu0/gi1/ci0/access 22\n")
+    allowed = {p.name for p in gpus.allowed_nodes(Gpu(1), dev, table)}
+    assert {"nvidia-cap21", "nvidia-cap22"} <= allowed
+    assert not {"nvidia-cap1", "nvidia-cap2"} & allowed
+    # Without the driver's table, the minors the driver always gives them.
+    missing = tmp_path / "no-such-table"
+    assert not {"nvidia-cap1", "nvidia-cap2"} & {
+        p.name for p in gpus.allowed_nodes(Gpu(1), dev, missing)
+    }
+
+
 def test_child_env_memory_limit_and_docker_requests() -> None:
     assert gpus.child_env(None) == {"EVO_DEVICE": "cpu"}
     env = gpus.child_env(Gpu(0))

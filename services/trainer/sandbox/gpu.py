@@ -40,6 +40,10 @@ SHARED_NODES = ("nvidiactl", "nvidia-uvm")
 # Present on GPU machines and never given to a candidate (see the module docstring).
 FORBIDDEN_NODES = ("nvidia-uvm-tools", "nvidia-modeset", "dri")
 CAPS_DIR = "nvidia-caps"
+# The driver's table of MIG capability minors: "config 1", "monitor 2", "gpu0/gi1/access 12"...
+MIG_MINORS = Path("/proc/driver/nvidia-caps/mig-minors")
+# MIG management capabilities (repartition the GPU, watch every slice): never a candidate's.
+PRIVILEGED_CAPS = ("config", "monitor")
 _GPU_NODE = re.compile(r"nvidia(\d+)")
 SHARING_MODES = ("exclusive",)
 
@@ -198,14 +202,30 @@ def mig_devices(environ: dict[str, str] | None = None) -> list[str]:
     return [d for d in visible.split(",") if d.strip().startswith("MIG-")]
 
 
-def allowed_nodes(gpu: Gpu, dev: Path | None = None) -> list[Path]:
+def privileged_cap_minors(table: Path | None = None) -> set[int]:
+    """Minors of the MIG config and monitor capabilities (1 and 2 where the table is absent)."""
+    try:
+        lines = (table or MIG_MINORS).read_text().splitlines()
+    except OSError:
+        return {1, 2}
+    found = set()
+    for line in lines:
+        name, _, minor = line.strip().rpartition(" ")
+        if name in PRIVILEGED_CAPS and minor.isdigit():
+            found.add(int(minor))
+    return found or {1, 2}
+
+
+def allowed_nodes(gpu: Gpu, dev: Path | None = None, mig_minors: Path | None = None) -> list[Path]:
     """The device nodes a sandbox on `gpu` gets: its own node, the shared ones, and the
-    MIG capability nodes this container holds (only its own slice's, see `select`)."""
+    MIG slice access nodes this container holds (only its own slice's, see `select`), never
+    the MIG config or monitor capabilities."""
     dev = dev or DEV
     nodes = [dev / f"nvidia{gpu.minor}", *(dev / n for n in SHARED_NODES)]
     caps = dev / CAPS_DIR
     if caps.is_dir():
-        nodes += sorted(p for p in caps.iterdir() if _is_char_device(p))
+        never = {f"nvidia-cap{m}" for m in privileged_cap_minors(mig_minors)}
+        nodes += sorted(p for p in caps.iterdir() if _is_char_device(p) and p.name not in never)
     for node in nodes:
         assert node.name not in FORBIDDEN_NODES, node  # the allow-list's own invariant
     return [n for n in nodes if _is_char_device(n)]
