@@ -117,12 +117,18 @@ def cuda_wheels(wheels: Path, out: Path, torch: str, jax_extra: str, index: str)
     jax = f"jax[{jax_extra}]=={md.version('jax')}"
     print(f"wheelhouse: fetching {torch} and {jax} with their CUDA libraries", file=sys.stderr)
     # --isolated: this machine's find-links (its CPU torch) must not stand in for PyPI's.
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "--isolated", "download", "-q", "--only-binary=:all:",
          "--index-url", index, "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
          "--dest", str(out), torch, jax],
-        check=True,
+        check=False,
     )  # fmt: skip
+    if done.returncode:
+        raise SystemExit(
+            f"wheelhouse: pip could not download {torch} and {jax} for the CUDA trainer from "
+            f"{index} (above); set PIP_INDEX to an index that has them, or CUDA_TORCH and "
+            "CUDA_JAX to versions it has"
+        )
     (out / "cuda.txt").write_text(f"{torch}\n{jax}\n")
 
 
