@@ -134,7 +134,8 @@ def test_the_trainer_refuses_to_start_without_its_gpu(tmp_path: Path) -> None:
         env={**os.environ, "EVO_HOME": str(tmp_path)},
     )
     assert done.returncode == 1
-    assert "asked for GPU 0" in done.stderr and "choose from those" in done.stderr
+    assert "asked for GPU 0 (--gpus 0) but this machine has no /dev/nvidiaN" in done.stderr
+    assert "--gpus none for the CPU" in done.stderr
 
 
 # ----------------------------------------------------------------- the allow-list

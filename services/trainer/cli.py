@@ -226,6 +226,8 @@ def sandbox() -> None:
 @click.option("--time-limit", default=600.0, show_default=True, help="Wall-clock seconds.")
 @click.option("--memory-limit", "memory_mb", default=4096, show_default=True, help="MB.")
 @click.option("--threads", default=1, show_default=True)
+@gpus_option
+@sandbox_proc_option
 @unisolated_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sandbox_run(
@@ -237,6 +239,8 @@ def sandbox_run(
     time_limit: float,
     memory_mb: int,
     threads: int,
+    gpus: str,
+    sandbox_proc: str,
     allow_unisolated: bool,
     as_json: bool,
 ) -> None:
@@ -246,7 +250,10 @@ def sandbox_run(
     from services.trainer.evaluator import BadRequest
     from services.trainer.server import Trainer
 
-    config = _config(backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated)
+    config = _config(
+        backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated,
+        gpus=gpus, sandbox_proc=sandbox_proc,
+    )  # fmt: skip
     request = pb.EvaluateRequest(
         # The task decides the language (PyTorch for mnist1d, JAX for clrs/*).
         program=pb.Program(code=file.read_text(errors="replace")),
@@ -319,6 +326,7 @@ def print_result(result: Any, clrs: bool = False) -> None:
     rows += [
         ("wall time", f"{result.wall_seconds:.1f} s"),
         ("sandbox", f"{sandbox.backend}" + ("" if sandbox.isolated else " (NOT ISOLATED)")),
+        ("device", sandbox.device or "cpu"),
     ]
     for key, value in rows:
         table.add_row(key, value)

@@ -48,6 +48,12 @@ _GPU_NODE = re.compile(r"nvidia(\d+)")
 SHARING_MODES = ("exclusive",)
 
 
+NO_GPU_FIX = (
+    "run the trainer on a GPU node with the NVIDIA container runtime (Kubernetes: a "
+    "nvidia.com/gpu limit and runtimeClassName), or use --gpus none for the CPU"
+)
+
+
 class GpuUnavailable(RuntimeError):
     """The trainer was asked for a GPU this machine does not give it; it must not start."""
 
@@ -165,17 +171,17 @@ def select(
         chosen = found
         if not chosen:
             raise GpuUnavailable(
-                f"asked for GPUs (--gpus all) but no {dev}/nvidiaN device node is visible: run "
-                "the trainer on a GPU node with the NVIDIA container runtime (Kubernetes: a "
-                "nvidia.com/gpu limit and runtimeClassName), or use --gpus none for the CPU"
+                f"asked for GPUs (--gpus all) but no {dev}/nvidiaN device node is visible: "
+                + NO_GPU_FIX
             )
     else:
         wanted = [int(m) for m in config.gpus.split(",")]
         missing = [m for m in wanted if m not in have]
         if missing:
+            fix = "choose from those, or --gpus all" if have else NO_GPU_FIX
             raise GpuUnavailable(
                 f"asked for GPU {','.join(map(str, missing))} (--gpus {config.gpus}) but this "
-                f"machine has {seen}: choose from those, or --gpus all"
+                f"machine has {seen if have else f'no {dev}/nvidiaN device node'}: {fix}"
             )
         chosen = [have[m] for m in dict.fromkeys(wanted)]
     absent = [n for n in SHARED_NODES if not _is_char_device(dev / n)]
