@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import click
 
 from services.common import addresses
+from services.common.metrics import metrics_option
 
 DEFAULT_PORT = addresses.DEFAULT_PORTS["proposer"]
 ENV_ADDRESS = addresses.env_var("proposer")
@@ -79,6 +80,7 @@ def make_backend(
     show_default=True,
     help="tgi/openai: seconds one request may take.",
 )
+@metrics_option
 @click.option("--log-level", default=None, help="debug, info, warning (default) or error.")
 def serve_lm(
     host: str,
@@ -89,6 +91,7 @@ def serve_lm(
     adapters: tuple[str, ...],
     adapter_dir: Path | None,
     timeout: float,
+    metrics_port: int,
     log_level: str | None,
 ) -> None:
     """The proposal service: candidate programs from a language model."""
@@ -108,7 +111,10 @@ def serve_lm(
         _fail(str(e))
     where = url or getattr(lm, "model_id", "")
     click.echo(f"proposer ({backend}: {where}) serving on {host}:{service.port}", err=True)
-    grpc_server.serve_forever(service)
+    try:
+        grpc_server.serve_forever(service, metrics_port=metrics_port)
+    except OSError as e:
+        _fail(str(e))
     lm.close()
 
 
