@@ -323,11 +323,13 @@ def test_a_clrs_triplet_function_trains_in_the_container(backend: "DockerBackend
 
     if not tasks.clrs_available():
         _unavailable("dm-clrs is not installed: make install EXTRAS=...,clrs")
-    seed = Path(__file__).resolve().parent.parent / "services/trainer/tasks/seeds/clrs"
+    # dm-clrs's own triplet signature (the paper's seeds are tests/test_clrs.py's).
+    seed = Path(__file__).resolve().parent.parent / "services/trainer/tasks/seeds/clrs_dmclrs"
     job = Job.from_request(
         pb.EvaluateRequest(
             program=pb.Program(code=(seed / "triplet_gmpnn.py").read_text()),
-            task="clrs/bfs:train=48,val=16,test=16,length=8,test_length=12,hidden=16,batch=8",
+            task="clrs/bfs:train=48,val=16,test=16,length=8,test_length=12,hidden=16,batch=8,"
+            "triplet=dmclrs,optimizer=adam",
             budget=pb.Budget(steps=40),
         ),
         Limits(wall_seconds=120, memory_bytes=4 * GIB, max_processes=64),
