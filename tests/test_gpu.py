@@ -188,6 +188,43 @@ def test_child_env_memory_limit_and_docker_requests() -> None:
     assert request["DeviceIDs"] == ["3"] and request["Count"] == 0
 
 
+def test_one_spec_renders_a_slots_gpu_for_every_backend(tmp_path: Path) -> None:
+    """template.py's SandboxSpec with a GPU: its device and environment, RLIMIT_DATA where
+    an rlimit bounds memory, the docker device request for that GPU's UUID only (never
+    count=-1), and bwrap's /dev binds and minimal /proc."""
+    from services.trainer.sandbox.base import Limits
+    from services.trainer.sandbox.template import SandboxSpec, bwrap_argv, docker_options
+
+    gpu = Gpu(1, "stand-in", "GPU-1234")
+    plain = SandboxSpec(python=sys.executable, limits=Limits(), uid=61000)
+    on_gpu = SandboxSpec(python=sys.executable, limits=Limits(), uid=61000, gpu=gpu)
+    assert plain.device == "cpu" and on_gpu.device == "cuda:1"
+    assert plain.env["EVO_DEVICE"] == "cpu" and on_gpu.env["EVO_DEVICE"] == "cuda"
+    assert "as" in plain.rlimits() and "data" not in plain.rlimits()
+    assert "data" in on_gpu.rlimits() and "as" not in on_gpu.rlimits()
+    by_cgroup = SandboxSpec(
+        python="python3", limits=Limits(), uid=61000, gpu=gpu, memory_by_cgroup=True
+    )
+    assert not {"as", "data"} & set(by_cgroup.rlimits())  # the cgroup bounds memory there
+    create, host = docker_options(by_cgroup, "{}")
+    (request,) = host["device_requests"]
+    assert request["DeviceIDs"] == ["GPU-1234"] and request["Count"] == 0
+    assert create["environment"]["EVO_DEVICE"] == "cuda"
+    assert "device_requests" not in docker_options(plain, "{}")[1]
+    with pytest.raises(ValueError, match="/proc mode"):
+        SandboxSpec(python="python3", limits=Limits(), proc="host")
+
+    dev = stand_in_dev(tmp_path)
+    minimal = SandboxSpec(python=sys.executable, limits=Limits(), gpu=gpu, proc="minimal")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpus, "DEV", dev)
+        argv = bwrap_argv(minimal, "bwrap", 3, None)
+    binds = {argv[i + 2] for i, a in enumerate(argv) if a == "--dev-bind"}
+    assert binds == {"/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm"}
+    assert argv.index("--dev") < argv.index("--dev-bind")  # after the fresh /dev
+    assert "--proc" not in argv and argv[argv.index("/proc") - 1] == "--tmpfs"
+
+
 def test_the_child_bounds_its_memory_by_the_kind_it_is_told(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
