@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= lineage,controller,trainer,lm,clrs,dev
 PROTOS := $(wildcard proto/evo/v1/*.proto)
 
-.PHONY: install proto proto-check test lint format demo sandbox-tools bench images deploy undeploy clean
+.PHONY: install proto proto-check test lint format demo sandbox-tools bench gpu-check images deploy undeploy clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ sandbox-tools:
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
 		else echo "make demo needs bubblewrap: install it (apt-get install bubblewrap)"; exit 1; fi; }
+
+# On a GPU machine (in the CUDA trainer image, or with the trainer pod's settings): PASS or
+# FAIL for the sandbox on the GPU; exit 77 where there is no GPU (README: GPUs).
+gpu-check: $(VENV)/.installed
+	$(BIN)/evo sandbox gpu-check $(GPU_CHECK_ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.lineage_queries

@@ -40,6 +40,17 @@ LINEAGE_TIMEOUT_SECONDS = 30.0
 LINEAGE_ATTEMPTS = 12
 # A model server restarting can take minutes: proposer calls wait at least this many tries.
 PROPOSER_MIN_ATTEMPTS = 10
+# In the UNAVAILABLE of a trainer that is stopping (services/trainer/server.py, on SIGTERM).
+DRAINING = "draining"
+
+
+class TrainerDraining(Exception):
+    """A trainer answered that it is stopping: as good as gone, not worth retrying."""
+
+
+def is_draining(e: grpc.RpcError) -> bool:
+    code, details = e.code(), e.details() or ""  # type: ignore[attr-defined]
+    return bool(code == grpc.StatusCode.UNAVAILABLE and DRAINING in details)
 
 
 class CallFailed(Exception):
@@ -201,15 +212,27 @@ class Trainers:
 
     def discover(self, attempts: int | None = None) -> int:
         """Ask each trainer for its slots now; returns the total. A trainer that does not
-        answer keeps the count it had (one slot at first)."""
+        answer keeps the count it had (one slot at first); one that says it is draining
+        (stopping) gets none until it answers again (a `dns:` name's other pods are asked
+        on the retry instead)."""
         for t in self.trainers:
+
+            def ask(t: Trainer = t) -> trainer_pb2.Capacity:
+                try:
+                    return t.stub.GetCapacity(trainer_pb2.GetCapacityRequest(), timeout=10)
+                except grpc.RpcError as e:
+                    if is_draining(e) and not t.target.startswith("dns:"):
+                        raise TrainerDraining(e.details()) from None  # type: ignore[attr-defined]
+                    raise
+
             try:
                 capacity = call_with_retries(
-                    lambda t=t: t.stub.GetCapacity(trainer_pb2.GetCapacityRequest(), timeout=10),
-                    f"trainer {t.target} GetCapacity",
-                    attempts or self.attempts,
+                    ask, f"trainer {t.target} GetCapacity", attempts or self.attempts
                 )
                 slots = max(1, capacity.slots_total) * dns_endpoints(t.target)
+            except TrainerDraining as e:
+                log.info("trainer %s is draining (%s): no evaluations sent to it", t.target, e)
+                slots = 0
             except CallFailed as e:
                 log.warning("%s; keeping %d slot(s)", e, t.slots)
                 continue
@@ -257,6 +280,9 @@ class Trainers:
                 reply = trainer.stub.Evaluate(request, timeout=timeout)
             except grpc.RpcError as e:
                 code = e.code()  # type: ignore[attr-defined]
+                if is_draining(e) and not trainer.target.startswith("dns:"):
+                    with self._cond:
+                        trainer.slots = 0  # stopping: nothing more goes there until rediscovered
                 problem = CallFailed(f"trainer {trainer.target} Evaluate", code, e.details())  # type: ignore[attr-defined]
                 if code not in RETRYABLE:
                     raise problem from None
@@ -288,11 +314,14 @@ class Trainers:
         just failed): wait for another's slot rather than retry a dead trainer at once."""
         with self._cond:
             while True:
-                free = [t for t in self.trainers if t.in_flight < t.slots]
-                if len(self.trainers) > 1 and avoid in free:
+                # Every trainer draining or gone: try them all (the caller's attempts bound
+                # that) rather than wait for ever for a rediscovery.
+                live = [t for t in self.trainers if t.slots > 0] or self.trainers
+                free = [t for t in live if t.in_flight < max(1, t.slots)]
+                if len(live) > 1 and avoid in free:
                     free.remove(avoid)
                 if free:
-                    best = min(free, key=lambda t: t.in_flight / t.slots)
+                    best = min(free, key=lambda t: t.in_flight / max(1, t.slots))
                     best.in_flight += 1
                     return best
                 self._cond.wait()

@@ -120,11 +120,33 @@ def finish(lineage: Lineage, search_id: int, top: list[pb.Candidate], report: Pa
         click.echo(f"report: {written}")
 
 
+def same_search(lineage: Lineage, config: SearchConfig) -> pb.Search | None:
+    """The newest stored search of this name and exactly this config, if any."""
+    wanted, newest, token = config.to_json(), None, ""
+    while True:
+        page = lineage("ListSearches", pb.ListSearchesRequest(page_size=1000, page_token=token))
+        for found in page.searches:
+            same = found.name == config.name and found.config_json == wanted
+            if same and (newest is None or found.id > newest.id):
+                newest = found
+        token = page.next_page_token
+        if not token:
+            return newest
+
+
 @click.command("start")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 @click.option("--name", default=None, help="The search's name [default: the config's].")
+@click.option(
+    "--resume-same",
+    is_flag=True,
+    help="If a search of this name and config was started before, resume it (or, finished, "
+    "just show it) instead of starting another: a retried Kubernetes Job.",
+)
 @report_option
-def search_start(config_path: Path, name: str | None, report_dir: Path | None) -> None:
+def search_start(
+    config_path: Path, name: str | None, resume_same: bool, report_dir: Path | None
+) -> None:
     """Start a search from a YAML config and run it here, showing progress."""
     try:
         config = load(config_path)
@@ -134,6 +156,23 @@ def search_start(config_path: Path, name: str | None, report_dir: Path | None) -
     if name:
         config.name = name
     lineage = _lineage(config)
+    if resume_same:
+        try:
+            earlier = same_search(lineage, config)
+        except CallFailed as e:
+            _fail(f"{e}: {STACK_HINT}")
+            return
+        if earlier is not None and earlier.state == pb.SEARCH_STATE_FINISHED:
+            click.echo(
+                f"search {earlier.id} ({earlier.name}) already finished; nothing started: "
+                f"evo search show {earlier.id}",
+                err=True,
+            )
+            return
+        if earlier is not None and earlier.state in RESUMABLE:
+            click.echo(f"resuming search {earlier.id} ({earlier.name})", err=True)
+            finish(lineage, earlier.id, run_search(config, lineage, earlier.id), report_dir)
+            return
     try:
         sampling.pin_grammar(config)  # stored with the search: a resume samples the same
     except CallFailed as e:

@@ -5,16 +5,17 @@
 #   images/build.sh trainer lineage       # some of them
 #   REGISTRY=registry.example.com/evo TAG=v1 images/build.sh
 #   images/build.sh trainer-clrs          # the CPU trainer with the CLRS tasks (JAX, dm-clrs)
-#   images/build.sh trainer-cuda          # the GPU trainer: needs a registry and PyPI
+#   images/build.sh trainer-cuda          # the GPU trainer (downloads several GB once)
 #
-# CPU images build offline (`docker build --network none`): from evo-base:bookworm
-# (images/base/build-base.sh, debootstrap, built once) and the wheels that
-# images/wheelhouse.py gathers with this machine's pip. trainer-clrs is the trainer's
-# Dockerfile installing wheelhouse's trainer-clrs.txt (dm-clrs, JAX, Haiku, optax, but not
-# TensorFlow or tfds); no default build includes it. The CUDA trainer starts from
-# CUDA_BASE (default python:3.11-slim-bookworm, pulled), installs CUDA_TORCH from
-# CUDA_TORCH_INDEX (PyTorch's cu128 wheels) and jax[cuda12] from PIP_INDEX (PyPI), so it
-# needs a registry and the network; CI never builds it.
+# Every image builds offline (`docker build --network none`): from evo-base:bookworm
+# (images/base/build-base.sh, debootstrap, built once; no base image is pulled) and the
+# wheels that images/wheelhouse.py gathers with this machine's pip. trainer-clrs is the
+# trainer's Dockerfile installing wheelhouse's trainer-clrs.txt (dm-clrs, JAX, Haiku, optax,
+# but not TensorFlow or tfds); no default build includes it. trainer-cuda is trainer-clrs
+# with PyPI's torch (CUDA_TORCH, a CUDA build whose nvidia-* libraries come as wheels) and
+# JAX's CUDA plugin (jax[CUDA_JAX], pinned to the venv's JAX) from PIP_INDEX, which
+# `wheelhouse.py --cuda` downloads once into images/.build/wheels-cuda; the node's driver
+# comes in through the NVIDIA container runtime. CI never builds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +23,9 @@ REGISTRY=${REGISTRY:-}
 TAG=${TAG:-dev}
 PYTHON=${PYTHON:-.venv/bin/python}
 CONTEXT=images
-CUDA_BASE=${CUDA_BASE:-python:3.11-slim-bookworm}
-PIP_INDEX=${PIP_INDEX:-https://pypi.org/simple}
-CUDA_TORCH=${CUDA_TORCH:-torch==2.13.0+cu128}
-CUDA_TORCH_INDEX=${CUDA_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}
+export PIP_INDEX=${PIP_INDEX:-https://pypi.org/simple}
+export CUDA_TORCH=${CUDA_TORCH:-torch==2.13.0}
+export CUDA_JAX=${CUDA_JAX:-cuda13}
 services=("$@")
 ((${#services[@]})) || services=(lineage controller trainer lm)
 
@@ -50,7 +50,9 @@ build() {
 docker info >/dev/null 2>&1 || die "no Docker engine: run images/sandbox/start-docker-engine.sh or set DOCKER_HOST"
 started=${SECONDS}
 images/base/build-base.sh
-"${PYTHON}" images/wheelhouse.py
+cuda=()
+[[ " ${services[*]} " == *" trainer-cuda "* ]] && cuda=(--cuda)
+"${PYTHON}" images/wheelhouse.py "${cuda[@]}"
 
 for service in "${services[@]}"; do
     t=${SECONDS}
@@ -63,10 +65,9 @@ for service in "${services[@]}"; do
             --build-arg REQUIREMENTS=trainer-clrs.txt -t "$(name trainer-clrs)" "${CONTEXT}"
         ;;
     trainer-cuda)
-        build --network host -f images/trainer/Dockerfile \
-            --build-arg "BASE=${CUDA_BASE}" --build-arg "PIP_INDEX=${PIP_INDEX}" \
-            --build-arg "TORCH=${CUDA_TORCH}" --build-arg "TORCH_INDEX=${CUDA_TORCH_INDEX}" \
-            --build-arg "ACCELERATORS=jax[cuda12]" \
+        build --network none -f images/trainer/Dockerfile \
+            --build-arg WHEELS=wheels-cuda --build-arg REQUIREMENTS=trainer-clrs.txt \
+            --build-arg REQUIREMENTS_EXTRA=cuda.txt \
             -t "$(name trainer-cuda)" "${CONTEXT}"
         ;;
     *) die "unknown image '${service}' (lineage, controller, trainer, lm, trainer-clrs, trainer-cuda)" ;;

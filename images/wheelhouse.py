@@ -1,6 +1,6 @@
 """Gather what the images install into images/.build, so that `docker build` needs no network.
 
-    .venv/bin/python images/wheelhouse.py [--out images/.build]
+    .venv/bin/python images/wheelhouse.py [--out images/.build] [--cuda]
 
 writes
   wheels/                    every third-party wheel the images need, fetched once by this
@@ -9,6 +9,10 @@ writes
                              trainer-clrs.txt is the trainer's with the CLRS tasks
   evo/evo_nas-*.whl          this project, built from the working tree (reproducibly:
                              the same sources give the same bytes, so Docker's cache holds)
+  wheels-cuda/               with --cuda: the CUDA trainer's wheels (several GB), downloaded
+                             once from PyPI: PyPI's torch (a CUDA build, with its nvidia-*
+                             library wheels) and JAX's CUDA plugin pinned to the venv's JAX,
+                             beside links to wheels/ (all but the CPU torch)
 
 The versions are those installed in the venv running this script: the images get what the
 tests ran against. Each service installs the closure of `evo-nas[<extras>]` (the base
@@ -100,9 +104,41 @@ def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
+def cuda_wheels(wheels: Path, out: Path, torch: str, jax_extra: str, index: str) -> None:
+    """PyPI's CUDA torch and JAX's CUDA wheels, with every dependency, for Python 3.11 on
+    x86-64 Linux (the base image's), beside links to the CPU wheelhouse minus its torch."""
+    out.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels.glob("*.whl"):
+        link = out / wheel.name
+        if not canonical(wheel.name).startswith("torch-") and not link.exists():
+            os.link(wheel, link)
+    for txt in wheels.glob("*.txt"):
+        shutil.copy2(txt, out / txt.name)
+    jax = f"jax[{jax_extra}]=={md.version('jax')}"
+    print(f"wheelhouse: fetching {torch} and {jax} with their CUDA libraries", file=sys.stderr)
+    # --isolated: this machine's find-links (its CPU torch) must not stand in for PyPI's.
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--isolated", "download", "-q", "--only-binary=:all:",
+         "--index-url", index, "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
+         "--dest", str(out), torch, jax],
+        check=False,
+    )  # fmt: skip
+    if done.returncode:
+        raise SystemExit(
+            f"wheelhouse: pip could not download {torch} and {jax} for the CUDA trainer from "
+            f"{index} (above); set PIP_INDEX to an index that has them, or CUDA_TORCH and "
+            "CUDA_JAX to versions it has"
+        )
+    (out / "cuda.txt").write_text(f"{torch}\n{jax}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=REPO / "images/.build")
+    parser.add_argument("--cuda", action="store_true", help="also the CUDA trainer's wheels")
+    parser.add_argument("--cuda-torch", default=os.environ.get("CUDA_TORCH", "torch==2.13.0"))
+    parser.add_argument("--cuda-jax", default=os.environ.get("CUDA_JAX", "cuda13"))
+    parser.add_argument("--index", default=os.environ.get("PIP_INDEX", "https://pypi.org/simple"))
     args = parser.parse_args()
     wheels, evo = args.out / "wheels", args.out / "evo"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -135,6 +171,8 @@ def main() -> None:
              "--wheel-dir", str(evo), tmp],
             check=True, env=env,
         )  # fmt: skip
+    if args.cuda:
+        cuda_wheels(wheels, args.out / "wheels-cuda", args.cuda_torch, args.cuda_jax, args.index)
     print(f"wheelhouse: {args.out} ready", file=sys.stderr)
 
 

@@ -114,3 +114,27 @@ def test_a_request_the_trainer_refuses_is_not_retried(serve) -> None:  # type: i
         trainers.evaluate(pb.EvaluateRequest(task="mnist1d"), timeout=5)
     assert wrong.calls.count("Evaluate") == 1
     trainers.close()
+
+
+def test_a_draining_trainer_is_dropped_at_rediscovery(serve) -> None:  # type: ignore[no-untyped-def]
+    """A real trainer told to drain (as on SIGTERM) answers GetCapacity UNAVAILABLE: the
+    controller takes it as gone, not as a trainer down for a while that keeps its slots."""
+    from services.trainer import server
+
+    real = server.Trainer(server.TrainerConfig(backend="bwrap", slots=2, warm=0))
+    service = server.start(real, "127.0.0.1", 0)
+    other = StandInTrainer(slots=1, evaluate_seconds=0.0)
+    trainers = Trainers([f"127.0.0.1:{service.port}", serve(other)], attempts=3)
+    try:
+        assert trainers.discover() == 3
+        assert real.drain(timeout=5)
+        started = time.monotonic()
+        assert trainers.discover() == 1  # the draining one offers nothing, at once
+        assert time.monotonic() - started < 5  # not retried as if it were down
+        replies = evaluate_many(trainers, 3)
+        assert all(r.trainer_id == "stand-in" for r in replies)
+        assert other.calls.count("Evaluate") == 3
+    finally:
+        trainers.close()
+        service.stop(grace=0)
+        real.close()

@@ -319,7 +319,7 @@ def test_a_search_runs_across_containers_as_in_the_cluster(
         [images["lineage"], *lineage["args"]], health(grpc_port(lineage)),
     )  # fmt: skip
 
-    # TGI's stand-in, and the proposal service in front of it (the gpu overlay's args).
+    # TGI's stand-in, and the proposal service in front of it (the gpu-tgi overlay's args).
     network.start(
         "tgi", ["tgi.evo.svc.cluster.local"],
         [*RESTRICTED, f"--volume={REPO / 'tests'}:/src/tests:ro", "--env=PYTHONPATH=/src",
@@ -327,7 +327,7 @@ def test_a_search_runs_across_containers_as_in_the_cluster(
         [images["controller"], "-c", TGI_STANDIN],
         "python -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health')\"",
     )  # fmt: skip
-    proposer = container_of(manifest("overlays/gpu/proposer.yaml", "Deployment", "proposer"))
+    proposer = container_of(manifest("components/tgi/proposer.yaml", "Deployment", "proposer"))
     probes = container_of(manifest("base/proposer.yaml", "Deployment", "proposer"))
     network.start(
         "proposer", ["proposer.evo.svc.cluster.local"],

@@ -11,6 +11,7 @@ NetworkPolicies as the flows they allow and refuse.
 Without kubectl these tests skip and say so, except with CI=true, where they fail.
 """
 
+import ipaddress
 import json
 import os
 import shutil
@@ -28,12 +29,19 @@ from controller import config as search_config
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+GPU_OVERLAYS = [o for o in OVERLAYS if o.startswith("gpu")]
+# Components a user adds to an overlay, and the overlays each one applies to; the others
+# (gpu-trainers, vllm, tgi) are parts of the gpu overlays.
+OPTIONAL = {"apparmor": OVERLAYS, "mig": GPU_OVERLAYS}
+BUILDING_BLOCKS = {"gpu-trainers", "vllm", "tgi"}
 COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if p.is_dir())
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # The oldest Kubernetes the trainer's setup is accepted by under "restricted" (procMount
 # Unmasked in a user-namespaced pod), and the newest schema kubernetes-validate knows.
 KUBERNETES_VERSIONS = ["1.35.0", "1.37.0"]
 PROFILE = "evo-trainer-bwrap.json"
+METRICS_PORT = 9090
+SCRAPER = "evo/metrics-scraper"
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet", "CronJob", "Pod"}
 GRPC_PORTS = {"lineage": 50051, "trainer": 50052, "proposer": 50053}
 # Volume types the "restricted" standard allows.
@@ -81,7 +89,12 @@ def variant_dir(tmp: Path, overlay: str, components: list[str]) -> Path:
     return here
 
 
-VARIANTS = [(o, []) for o in OVERLAYS] + [(o, [c]) for o in OVERLAYS for c in COMPONENTS]
+VARIANTS = [(o, []) for o in OVERLAYS] + [(o, [c]) for c, on in OPTIONAL.items() for o in on]
+
+
+def test_every_component_is_optional_or_part_of_an_overlay() -> None:
+    assert set(COMPONENTS) == set(OPTIONAL) | BUILDING_BLOCKS
+    assert {"dev", "gpu", "gpu-tgi"} <= set(OVERLAYS)
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "+".join([v[0], *v[1]]))
@@ -248,26 +261,39 @@ def test_services_point_at_the_grpc_ports(rendered: Rendered) -> None:
 # ----------------------------------------------------------------- the trainer
 
 
+def flag(args: list[str], name: str) -> str | None:
+    """The value of `--name=value` in `args`, or None."""
+    found = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    assert len(found) <= 1, f"--{name} given {len(found)} times"
+    return found[0] if found else None
+
+
 def test_the_trainer_keeps_its_sandbox_and_holds_nothing(rendered: Rendered) -> None:
     trainer = rendered.get("Deployment", "trainer")
     spec = pod_spec(trainer)
     assert spec["automountServiceAccountToken"] is False
-    assert spec["hostUsers"] is False
     assert not spec.get("serviceAccountName"), "the trainer needs no API access"
     seccomp = spec["securityContext"]["seccompProfile"]
     assert seccomp == {"type": "Localhost", "localhostProfile": f"profiles/{PROFILE}"}
     (c,) = spec["containers"]
-    assert c["securityContext"]["procMount"] == "Unmasked"
     assert "--backend=bwrap" in c["args"]
+    if rendered.overlay in GPU_OVERLAYS:
+        # The toolkit cannot run a user-namespaced pod, so no unmasked /proc: the
+        # sandboxes get a minimal one (k8s/README.md).
+        assert "hostUsers" not in spec
+        assert "procMount" not in c["securityContext"]
+        assert flag(c["args"], "sandbox-proc") == "minimal"
+        assert flag(c["args"], "gpus") == "all"
+    else:
+        assert spec["hostUsers"] is False
+        assert c["securityContext"]["procMount"] == "Unmasked"
+        assert flag(c["args"], "sandbox-proc") in (None, "fresh")
     assert not c.get("env") and not c.get("envFrom"), "the trainer gets no configuration secrets"
     mounts = {m["name"] for m in c.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     assert all("emptyDir" in volumes[m] for m in mounts), "only scratch space is mounted"
     assert trainer["spec"]["replicas"] >= 2
     assert rendered.get("Service", "trainer")["spec"]["clusterIP"] == "None"
-    if "gvisor" in rendered.components:
-        assert spec["runtimeClassName"] == "gvisor"
-        assert rendered.get("RuntimeClass", "gvisor")["handler"] == "runsc"
     if "apparmor" in rendered.components:
         profile = c["securityContext"]["appArmorProfile"]
         assert profile == {"type": "Localhost", "localhostProfile": "evo-trainer-bwrap"}
@@ -275,32 +301,81 @@ def test_the_trainer_keeps_its_sandbox_and_holds_nothing(rendered: Rendered) -> 
 
 
 def test_each_overlay_runs_its_own_proposer_and_trainers(rendered: Rendered) -> None:
-    {"dev": check_dev, "gpu": check_gpu}[rendered.overlay](rendered)
+    if rendered.overlay == "dev":
+        check_dev(rendered)
+    else:
+        check_gpu(rendered)
+
+
+# The model server of each GPU overlay: (Deployment, image prefix, proposer backend, URL).
+MODEL_SERVERS = {
+    "gpu": ("vllm", "docker.io/vllm/vllm-openai:", "openai", "http://vllm.evo.svc.cluster.local:8000"),
+    "gpu-tgi": ("tgi", "ghcr.io/huggingface/text-generation-inference:", "tgi",
+                "http://tgi.evo.svc.cluster.local:8080"),
+}  # fmt: skip
+
+
+def gpu_limits(c: Obj) -> dict[str, int]:
+    limits = c.get("resources", {}).get("limits", {})
+    return {k: int(v) for k, v in limits.items() if k.startswith("nvidia.com/")}
 
 
 def check_gpu(rendered: Rendered) -> None:
-    """TGI on a GPU behind the proposer; CUDA trainers, one GPU each, on the GPU nodes."""
+    """The model server on a GPU behind the proposer; CUDA trainers, one GPU (or, with the
+    mig component, one MIG slice) each, on the GPU nodes through the RuntimeClass."""
     trainer = rendered.get("Deployment", "trainer")
     spec = pod_spec(trainer)
     (c,) = spec["containers"]
     assert c["image"] == "evo-trainer-cuda"
-    assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
-        "tolerations"
-    ]
+    if "mig" in rendered.components:
+        assert gpu_limits(c) == {"nvidia.com/mig-1g.18gb": 1}
+        assert flag(c["args"], "threads-per-slot") == "2"
+    else:
+        assert gpu_limits(c) == {"nvidia.com/gpu": 1}
+    assert spec["runtimeClassName"] == "evo-nvidia"
     assert trainer["spec"]["replicas"] > 2
-    tgi = pod_spec(rendered.get("Deployment", "tgi"))
-    (server,) = tgi["containers"]
-    assert server["image"].startswith("ghcr.io/huggingface/text-generation-inference:")
-    assert int(server["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    name, image, backend, url = MODEL_SERVERS[rendered.overlay]
+    other = {"vllm", "tgi"} - {name}
+    assert not [o for o in rendered.of("Deployment") if o["metadata"]["name"] in other]
+    server_spec = pod_spec(rendered.get("Deployment", name))
+    (server,) = server_spec["containers"]
+    assert server["image"].startswith(image)
+    assert gpu_limits(server) == {"nvidia.com/gpu": 1}
+    assert server_spec["runtimeClassName"] == "evo-nvidia"
     config = rendered.of("ConfigMap")
-    model = [c for c in config if c["metadata"]["name"].startswith("tgi-config")]
+    model = [c for c in config if c["metadata"]["name"].startswith(f"{name}-config")]
     assert model and model[0]["data"]["MODEL_ID"]
-    assert any(v.get("persistentVolumeClaim") for v in tgi["volumes"])
+    assert any(v.get("persistentVolumeClaim") for v in server_spec["volumes"])
     proposer = pod_spec(rendered.get("Deployment", "proposer"))["containers"][0]
-    assert "--backend=tgi" in proposer["args"]
-    assert "--url=http://tgi.evo.svc.cluster.local:8080" in proposer["args"]
+    assert flag(proposer["args"], "backend") == backend
+    assert flag(proposer["args"], "url") == url
+
+
+def test_gpu_pods_ask_only_for_what_the_nvidia_toolkit_can_run(rendered: Rendered) -> None:
+    """No GPU request in a user-namespaced pod (NVIDIA/nvidia-container-toolkit#648,
+    NVIDIA/gpu-operator#466), nor with an unmasked /proc (which needs one), nor under
+    gVisor; every GPU pod runs through a RuntimeClass with the NVIDIA handler."""
+    classes = {o["metadata"]["name"]: o for o in rendered.of("RuntimeClass")}
+    gpu_pods = 0
+    for o, spec in rendered.workloads():
+        if not any(gpu_limits(c) for c in containers(spec)):
+            continue
+        gpu_pods += 1
+        assert spec.get("hostUsers", True) is not False, f"{named(o)}: hostUsers: false"
+        for c in containers(spec):
+            assert c.get("securityContext", {}).get("procMount", "Default") == "Default", named(o)
+        runtime = classes[spec["runtimeClassName"]]
+        assert runtime["handler"] == "nvidia", named(o)
+    assert gpu_pods == (2 if rendered.overlay in GPU_OVERLAYS else 0)
+
+
+def test_every_runtime_class_schedules_onto_the_nodes_that_have_it(rendered: Rendered) -> None:
+    for runtime in rendered.of("RuntimeClass"):
+        scheduling = runtime.get("scheduling", {})
+        assert scheduling.get("nodeSelector"), f"{named(runtime)} without a nodeSelector"
+        assert runtime["handler"] != "runsc", "gVisor refuses user-namespaced pods (README)"
+    used = {spec.get("runtimeClassName") for _, spec in rendered.workloads()} - {None}
+    assert used <= {o["metadata"]["name"] for o in rendered.of("RuntimeClass")}
 
 
 def check_dev(rendered: Rendered) -> None:
@@ -366,12 +441,16 @@ def test_postgres_keeps_its_data_and_credentials_out_of_the_manifests(rendered: 
 
 
 def test_the_controller_job_runs_one_valid_search(rendered: Rendered) -> None:
+    """Retried (a drained node, an evicted pod) without counting the disruption, and a
+    retry resumes the same search instead of starting a second one."""
     job = rendered.get("Job", "evo-search")
-    assert job["spec"]["backoffLimit"] == 0, "a retry would start a second search"
+    assert job["spec"]["backoffLimit"] >= 1
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
     spec = pod_spec(job)
-    assert spec["restartPolicy"] == "Never"
+    assert spec["restartPolicy"] == "Never"  # podFailurePolicy needs it
     (c,) = spec["containers"]
-    assert c["args"] == ["search", "start", "/etc/evo/search.yaml"]
+    assert c["args"] == ["search", "start", "/etc/evo/search.yaml", "--resume-same"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["EVO_TRAINER_ADDRESS"] == "dns:///trainer.evo.svc.cluster.local:50052"
     for service, port in GRPC_PORTS.items():
@@ -381,8 +460,8 @@ def test_the_controller_job_runs_one_valid_search(rendered: Rendered) -> None:
     config_map = rendered.get("ConfigMap", volume["configMap"]["name"])
     parsed = search_config.parse(config_map["data"]["search.yaml"], "search.yaml")
     assert parsed.task == "mnist1d"
-    if rendered.overlay == "gpu":
-        assert not parsed.tunes, "TGI cannot be soft prompt-tuned"
+    if rendered.overlay in GPU_OVERLAYS:
+        assert not parsed.tunes, "neither vLLM nor TGI can be soft prompt-tuned"
 
 
 def test_images_are_the_ones_make_images_builds(rendered: Rendered) -> None:
@@ -392,12 +471,98 @@ def test_images_are_the_ones_make_images_builds(rendered: Rendered) -> None:
         for c in containers(spec)
         if c["image"].startswith("evo-")
     }
-    trainer = "evo-trainer-cuda" if rendered.overlay == "gpu" else "evo-trainer"
+    trainer = "evo-trainer-cuda" if rendered.overlay in GPU_OVERLAYS else "evo-trainer"
     assert ours == {"evo-lineage", "evo-controller", "evo-lm", trainer}
     for image in ours:
         assert (REPO / "images" / image.removeprefix("evo-").split("-")[0] / "Dockerfile").exists()
     deploy = (K8S / "deploy.sh").read_text()
-    assert "images=(lineage controller trainer-cuda lm)" in deploy
+    assert "[[ ${overlay} == gpu* ]] && images=(lineage controller trainer-cuda lm)" in deploy
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("overlay", ["dev", "gpu"])
+def test_deploy_pins_our_images_by_digest_and_names_the_job_after_the_search(
+    overlay: str,
+) -> None:
+    """`k8s/deploy.sh render` writes the kustomization `make deploy` applies, for given digests."""
+    if shutil.which("kubectl") is None:
+        _unavailable("kubectl is not installed")
+    images = ["lineage", "controller", "trainer-cuda" if overlay == "gpu" else "trainer", "lm"]
+    env = {
+        **os.environ,
+        "REGISTRY": "registry.example.com/evo/",
+        "EVO_IMAGE_DIGESTS": ",".join(f"{i}={DIGEST}" for i in images),
+    }
+    done = subprocess.run(
+        [str(K8S / "deploy.sh"), "render", overlay], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    work = REPO / done.stdout.strip()
+    objects = kustomize(work)
+    ours = {
+        c["image"]
+        for o in objects
+        if o["kind"] in WORKLOADS
+        for c in containers(pod_spec(o))
+        if "/evo/evo-" in c["image"]
+    }
+    assert ours == {f"registry.example.com/evo/evo-{i}@{DIGEST}" for i in images}
+    assert not [
+        c["image"]
+        for o in objects
+        if o["kind"] in WORKLOADS
+        for c in containers(pod_spec(o))
+        if c["image"].startswith("evo-")
+    ], "every image of ours is rewritten"
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    config = next(v for v in pod_spec(job)["volumes"] if v["name"] == "search")
+    suffix = config["configMap"]["name"].removeprefix("search-config-")
+    assert (
+        job["metadata"]["name"] == f"evo-search-{suffix}" == (work / "job-name").read_text().strip()
+    )
+    bad = {**env, "EVO_IMAGE_DIGESTS": "lineage=latest"}
+    refused = subprocess.run(
+        [str(K8S / "deploy.sh"), "render", overlay], env=bad, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "not a digest" in refused.stderr
+
+
+# ----------------------------------------------------------------- a cluster that keeps running
+
+
+def test_trainers_drain_for_longer_than_an_evaluation(rendered: Rendered) -> None:
+    """SIGTERM: the trainer finishes what runs (--drain-seconds, longer than any evaluation)
+    before Kubernetes' grace period ends; drains take the trainers one at a time."""
+    trainer = rendered.get("Deployment", "trainer")
+    spec = pod_spec(trainer)
+    (c,) = spec["containers"]
+    longest = float(flag(c["args"], "time-limit") or 0)
+    drain = float(flag(c["args"], "drain-seconds") or 0)
+    assert 0 < longest < drain < spec["terminationGracePeriodSeconds"]
+    search = rendered.get("ConfigMap", next(
+        v["configMap"]["name"] for v in pod_spec(rendered.get("Job", "evo-search"))["volumes"]
+        if v["name"] == "search"
+    ))  # fmt: skip
+    asked = search_config.parse(search["data"]["search.yaml"], "search.yaml").training
+    assert asked.wall_seconds <= longest, "the search asks for no more than a trainer allows"
+    budgets = [
+        p for p in rendered.of("PodDisruptionBudget")
+        if matches(p["spec"]["selector"], pod_labels(trainer))
+    ]  # fmt: skip
+    assert len(budgets) == 1 and budgets[0]["spec"] == {
+        "maxUnavailable": 1,
+        "selector": budgets[0]["spec"]["selector"],
+    }
+    assert trainer["spec"]["replicas"] >= 2, "one drains while the others work"
+
+
+def test_every_grpc_service_serves_metrics(rendered: Rendered) -> None:
+    for name in GRPC_PORTS:
+        (c,) = pod_spec(rendered.get("Deployment", name))["containers"]
+        assert flag(c["args"], "metrics-port") == str(METRICS_PORT), name
+        assert {"name": "metrics", "containerPort": METRICS_PORT} in c["ports"], name
 
 
 # ----------------------------------------------------------------- network policies
@@ -426,9 +591,13 @@ class Peer:
     labels: tuple[tuple[str, str], ...]
     namespace: str = "evo"
     cidr: str = ""
+    namespace_labels: tuple[tuple[str, str], ...] = ()
 
     def pod(self) -> dict[str, str]:
         return dict(self.labels)
+
+    def namespace_metadata(self) -> dict[str, str]:
+        return {"kubernetes.io/metadata.name": self.namespace, **dict(self.namespace_labels)}
 
 
 def app(name: str) -> Peer:
@@ -436,19 +605,30 @@ def app(name: str) -> Peer:
 
 
 DNS = Peer((("k8s-app", "kube-dns"),), namespace="kube-system")
-INTERNET = Peer((), namespace="", cidr="203.0.113.7/32")
+INTERNET = Peer((), namespace="", cidr="203.0.113.7/32")  # a public (documentation) address
+METADATA = Peer((), namespace="", cidr="169.254.169.254/32")  # the cloud's metadata service
+PRIVATE = Peer((), namespace="", cidr="10.1.2.3/32")  # the cluster's or the company's network
+SCRAPER = Peer(
+    (("app.kubernetes.io/name", "prometheus"),),
+    namespace="monitoring",
+    namespace_labels=(("evo/metrics-scraper", "true"),),
+)
 
 
 def peer_matches(peer_rule: Obj, peer: Peer) -> bool:
     if "ipBlock" in peer_rule:
-        return bool(peer.cidr)  # documentation-range address: any ipBlock counts
+        if not peer.cidr:
+            return False
+        block, address = peer_rule["ipBlock"], ipaddress.ip_network(peer.cidr)
+        excepted = any(address.subnet_of(ipaddress.ip_network(e)) for e in block.get("except", []))
+        return address.subnet_of(ipaddress.ip_network(block["cidr"])) and not excepted
     if peer.cidr:
         return False
     ns_selector = peer_rule.get("namespaceSelector")
     if ns_selector is None:
         ns_ok = peer.namespace == "evo"
     else:
-        ns_ok = matches(ns_selector, {"kubernetes.io/metadata.name": peer.namespace})
+        ns_ok = matches(ns_selector, peer.namespace_metadata())
     return ns_ok and matches(peer_rule.get("podSelector", {}), peer.pod())
 
 
@@ -504,11 +684,28 @@ def test_the_calls_the_system_makes_are_allowed(rendered: Rendered) -> None:
     assert flow(rendered, lineage, postgres, 5432)
     for needs_dns in (controller, lineage, proposer):
         assert flow(rendered, needs_dns, DNS, 53, "UDP")
-    if rendered.overlay == "gpu":
-        tgi = app("tgi")
-        assert flow(rendered, proposer, tgi, 8080)
-        assert flow(rendered, tgi, DNS, 53, "UDP")
-        assert flow(rendered, tgi, INTERNET, 443), "TGI downloads its model"
+    if rendered.overlay in GPU_OVERLAYS:
+        name, _, _, url = MODEL_SERVERS[rendered.overlay]
+        server, port = app(name), int(url.rsplit(":", 1)[1])
+        assert flow(rendered, proposer, server, port)
+        assert flow(rendered, server, DNS, 53, "UDP")
+        assert flow(rendered, server, INTERNET, 443), "the model server downloads its model"
+        # ...and reaches nothing else: no other port, no private network, no metadata service.
+        for target, p in [(INTERNET, 80), (METADATA, 443), (METADATA, 80), (PRIVATE, 443),
+                          (app("lineage"), 50051), (app("trainer"), 50052)]:  # fmt: skip
+            assert not flow(rendered, server, target, p), (name, target, p)
+        for other in (controller, trainer, lineage, postgres):
+            assert not flow(rendered, other, server, port), other
+
+
+def test_a_scraper_reads_metrics_and_nothing_else(rendered: Rendered) -> None:
+    for name, port in GRPC_PORTS.items():
+        assert flow(rendered, SCRAPER, app(name), METRICS_PORT), name
+        assert not flow(rendered, SCRAPER, app(name), port), f"{name}: only metrics"
+    unlabelled = Peer(SCRAPER.labels, namespace="monitoring")
+    assert not flow(rendered, unlabelled, app("trainer"), METRICS_PORT)
+    assert not flow(rendered, SCRAPER, app("postgres"), 5432)
+    assert not flow(rendered, app("proposer"), app("trainer"), METRICS_PORT)
 
 
 def test_the_trainer_accepts_only_the_controller_and_sends_nothing(rendered: Rendered) -> None:

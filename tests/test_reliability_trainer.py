@@ -114,9 +114,9 @@ class Model(nn.Module):
 def test_sigterm_finishes_or_hands_back_the_evaluations_in_flight(tmp_path: Path) -> None:
     seed = next(s.code for s in task_info("mnist1d").seeds if s.name == "cnn")
     with service_processes(tmp_path) as serve:
-        trainer = serve(
-            "trainer", ["--backend", "bwrap", "--slots", "2", "--memory-limit-mb", "2048"]
-        ).start()
+        # A drain shorter than the long evaluation (in Kubernetes it is longer than any).
+        args = ["--backend", "bwrap", "--slots", "2", "--memory-limit-mb", "2048"]
+        trainer = serve("trainer", [*args, "--drain-seconds", "10"]).start()
         channel = grpc.insecure_channel(trainer.address)
         stub = trainer_pb2_grpc.TrainerStub(channel)
         answers: dict[str, object] = {}

@@ -139,7 +139,7 @@ def test_container_is_locked_down(backend: "DockerBackend") -> None:
         assert uid >= 61000
         assert config["Labels"][LABEL] == "1"
         env = dict(item.split("=", 1) for item in config["Env"])
-        assert env == child_env(backend.threads)
+        assert env == {**child_env(backend.threads), "EVO_DEVICE": "cpu"}
     finally:
         sandbox.destroy()
     assert_gone(backend, sandbox.id)  # type: ignore[attr-defined]
@@ -220,7 +220,7 @@ def test_candidate_sees_a_locked_down_container(backend: "DockerBackend") -> Non
     assert facts["docker_sock"] == [] and facts["sock_mounts"] == []
     # Exactly the child's environment; the engine adds HOSTNAME, which names nothing real.
     assert facts["env"].pop("HOSTNAME") == "sandbox"
-    assert facts["env"] == child_env(backend.threads)
+    assert facts["env"] == {**child_env(backend.threads), "EVO_DEVICE": "cpu"}
     # Nothing of the host's root: no /root secrets beyond the interpreter, no /var, no /home.
     assert not {"home", "var", "mnt", "srv", "opt"} & set(facts["root_listing"])
 
@@ -289,11 +289,19 @@ def test_output_flood_is_cut_off_with_a_bounded_tail(backend: "DockerBackend") -
 
 
 def test_gpus_are_requested_only_when_configured(backend: "DockerBackend") -> None:
-    """No GPU here: check what would be asked of the engine, without starting a container."""
+    """No GPU here: check what would be asked of the engine, without starting a container.
+    A sandbox gets its slot's GPU only, by UUID (never count=-1, every GPU)."""
+    from services.trainer.sandbox.gpu import Gpu
+
     assert "device_requests" not in backend.container_options(61000)[1]
-    with_gpus = DockerBackend(backend.limits, gpus=True, client=backend.client)
-    (request,) = with_gpus.container_options(61000)[1]["device_requests"]
-    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    gpu = Gpu(1, "NVIDIA H200", "GPU-0f3c")
+    with_gpu = DockerBackend(backend.limits, client=backend.client, gpu=gpu)
+    create, host = with_gpu.container_options(61000)
+    (request,) = host["device_requests"]
+    assert request["DeviceIDs"] == ["GPU-0f3c"] and request["Capabilities"] == [["gpu"]]
+    assert request["Count"] == 0
+    assert create["environment"]["EVO_DEVICE"] == "cuda"
+    assert create["environment"]["EVO_MEMORY_RLIMIT"] == "data"
 
 
 def test_missing_image_says_how_to_build_it(backend: "DockerBackend") -> None:
@@ -315,11 +323,13 @@ def test_a_clrs_triplet_function_trains_in_the_container(backend: "DockerBackend
 
     if not tasks.clrs_available():
         _unavailable("dm-clrs is not installed: make install EXTRAS=...,clrs")
-    seed = Path(__file__).resolve().parent.parent / "services/trainer/tasks/seeds/clrs"
+    # dm-clrs's own triplet signature (the paper's seeds are tests/test_clrs.py's).
+    seed = Path(__file__).resolve().parent.parent / "services/trainer/tasks/seeds/clrs_dmclrs"
     job = Job.from_request(
         pb.EvaluateRequest(
             program=pb.Program(code=(seed / "triplet_gmpnn.py").read_text()),
-            task="clrs/bfs:train=48,val=16,test=16,length=8,test_length=12,hidden=16,batch=8",
+            task="clrs/bfs:train=48,val=16,test=16,length=8,test_length=12,hidden=16,batch=8,"
+            "triplet=dmclrs,optimizer=adam",
             budget=pb.Budget(steps=40),
         ),
         Limits(wall_seconds=120, memory_bytes=4 * GIB, max_processes=64),

@@ -403,7 +403,7 @@ def test_a_job_whose_memory_limit_is_below_the_started_sandbox_is_oom() -> None:
         from services.trainer.evaluator import Job, evaluate
 
         job = Job.from_request(request, trainer.config.limits)
-        result = evaluate(job, sandbox, 1)
+        result = evaluate(job, lambda: sandbox, 1)  # the training run's sandbox
         assert result.status == common.EVAL_STATUS_OOM, result
     finally:
         trainer.close()

@@ -243,12 +243,27 @@ def test_pre_started_sandboxes_survive_the_thread_that_asked_for_them() -> None:
 
 
 def test_a_lookup_of_the_public_seed_scores_at_chance(stub: pb_grpc.TrainerStub) -> None:
-    """tests/hostile/lookup_held_out.py, with time to build its table: it learns the public
-    training split perfectly (loss 0) and the held-out splits, made from the trainer's
-    secret, not at all."""
+    """tests/hostile/lookup_held_out.py, with time to build its table. In the bwrap sandbox
+    mnist1d is not in the import tree at all, so there is no table. Where it is importable
+    (the process backend, everything of the venv) the lookup learns the public training
+    split perfectly (loss 0) and the held-out splits, made from the trainer's secret, not at
+    all: each defence holds on its own."""
     code = (ROOT / "tests/hostile/lookup_held_out.py").read_text()
     result = stub.Evaluate(request(code, steps=100), timeout=300)
     assert result.status == common.EVAL_STATUS_OK, result.message
+    assert "no mnist1d in the sandbox" in result.log_tail, result.log_tail
+    m = result.metrics
+    assert m.test_accuracy < 0.25 and m.best_val_accuracy < 0.25
+
+    unisolated = server.Trainer(
+        server.TrainerConfig(backend="process", warm=0, allow_unisolated=True)
+    )
+    try:
+        result = unisolated.evaluate(request(code, steps=100))
+    finally:
+        unisolated.close()
+    assert result.status == common.EVAL_STATUS_OK, result.message
+    assert "lookup table of" in result.log_tail, result.log_tail
     m = result.metrics
     assert m.num_params == 10 and m.val_curve[-1].train_loss < 0.01
     assert m.test_accuracy < 0.25 and m.best_val_accuracy < 0.25

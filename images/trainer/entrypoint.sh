@@ -5,16 +5,24 @@
 # user namespaces past the runtime's seccomp profile, an unmasked /proc to mount a fresh
 # one, and mount rights past AppArmor. Without them every candidate would fail as
 # CRASHED; instead the trainer refuses to start and says which one is missing.
-# EVO_SKIP_SANDBOX_CHECK=1 skips the check.
+# With --sandbox-proc=minimal (GPU pods, which cannot unmask /proc) no fresh /proc is
+# needed and none is tried. EVO_SKIP_SANDBOX_CHECK=1 skips the check.
 set -eu
 
 backend=${EVO_SANDBOX:-bwrap}
+proc=${EVO_SANDBOX_PROC:-fresh}
 prev=
 for arg in "$@"; do
-    case ${arg} in --backend=*) backend=${arg#--backend=} ;; esac
+    case ${arg} in
+    --backend=*) backend=${arg#--backend=} ;;
+    --sandbox-proc=*) proc=${arg#--sandbox-proc=} ;;
+    esac
     if [ "${prev}" = --backend ]; then backend=${arg}; fi
+    if [ "${prev}" = --sandbox-proc ]; then proc=${arg}; fi
     prev=${arg}
 done
+proc_mount="--proc /proc"
+if [ "${proc}" = minimal ]; then proc_mount="--tmpfs /proc"; fi
 case "${1:-} ${2:-}" in
 "serve trainer" | "sandbox run") uses_sandbox=yes ;;
 *) uses_sandbox=no ;;
@@ -22,7 +30,7 @@ esac
 
 if [ "${uses_sandbox}" = yes ] && [ "${backend}" = bwrap ] && [ -z "${EVO_SKIP_SANDBOX_CHECK:-}" ]; then
     if ! why=$(bwrap --unshare-user --unshare-pid --unshare-net --unshare-ipc --unshare-uts \
-        --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp true 2>&1); then
+        --ro-bind / / ${proc_mount} --dev /dev --tmpfs /tmp true 2>&1); then
         {
             echo "evo-trainer: the bwrap sandbox cannot start in this container: ${why}"
             case ${why} in

@@ -1,4 +1,4 @@
-"""One way to run a gRPC service: health checking, reflection, graceful SIGTERM."""
+"""One way to run a gRPC service: health checking, reflection, metrics, graceful SIGTERM."""
 
 import functools
 import logging
@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from services.common import metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def start(
     """Start a server with the given servicers plus health and reflection; port 0 picks one."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[metrics.GrpcMetrics()],
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
     add_servicers(server)
@@ -69,8 +72,21 @@ def start(
     return Service(server, health_servicer, bound)
 
 
-def serve_forever(service: Service) -> None:
-    """Block until SIGTERM or SIGINT, then shut down gracefully."""
+def serve_forever(
+    service: Service,
+    *,
+    metrics_port: int = 0,
+    metrics_host: str = "0.0.0.0",
+    grace: float = SHUTDOWN_GRACE_SECONDS,
+    drain: Callable[[], None] | None = None,
+) -> None:
+    """Serve metrics (port 0: none), block until SIGTERM or SIGINT, then shut down.
+
+    On the signal the health service says NOT_SERVING at once (readiness fails, so callers
+    stop picking this replica); `drain` then runs (the trainer: refuse new work), and the
+    server stops taking calls and gives those in flight `grace` seconds to finish.
+    """
+    metrics.serve(metrics_port, metrics_host)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -80,7 +96,10 @@ def serve_forever(service: Service) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     done.wait()
-    service.stop()
+    service.health.enter_graceful_shutdown()
+    if drain is not None:
+        drain()
+    service.stop(grace)
 
 
 def error_statuses(

@@ -10,6 +10,7 @@ from typing import NoReturn
 import click
 
 from services.common import addresses
+from services.common.metrics import metrics_option
 
 
 def fail(message: str) -> NoReturn:
@@ -32,9 +33,15 @@ def fail(message: str) -> NoReturn:
     show_default=True,
     help="Upgrade the schema on start. With --no-migrate an old schema is refused.",
 )
+@metrics_option
 @click.option("--log-level", default=None, help="debug, info, warning (default) or error.")
 def serve_lineage(
-    host: str, port: int, db_url: str | None, migrate: bool, log_level: str | None
+    host: str,
+    port: int,
+    db_url: str | None,
+    migrate: bool,
+    metrics_port: int,
+    log_level: str | None,
 ) -> None:
     """The lineage store: every search, candidate, parent link and score."""
     from services.common import logs
@@ -58,7 +65,10 @@ def serve_lineage(
     click.echo(
         f"lineage store serving on {host}:{service.port} (database {_redact(url)})", err=True
     )
-    grpc_server.serve_forever(service)
+    try:
+        grpc_server.serve_forever(service, metrics_port=metrics_port)
+    except OSError as e:
+        fail(str(e))
     storage.close()
 
 

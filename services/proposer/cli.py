@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import click
 
 from services.common import addresses
+from services.common.metrics import metrics_option
 
 DEFAULT_PORT = addresses.DEFAULT_PORTS["proposer"]
 ENV_ADDRESS = addresses.env_var("proposer")
@@ -103,6 +104,7 @@ def make_backend(
     default=0,
     help="llamacpp: CPU threads (default 0: all cores but one, left to the trainer).",
 )
+@metrics_option
 @click.option("--log-level", default=None, help="debug, info, warning (default) or error.")
 def serve_lm(
     host: str,
@@ -115,6 +117,7 @@ def serve_lm(
     timeout: float,
     grammar_via: str,
     threads: int,
+    metrics_port: int,
     log_level: str | None,
 ) -> None:
     """The proposal service: candidate programs from a language model."""
@@ -134,7 +137,10 @@ def serve_lm(
         _fail(str(e))
     where = url or getattr(lm, "model_id", "")
     click.echo(f"proposer ({backend}: {where}) serving on {host}:{service.port}", err=True)
-    grpc_server.serve_forever(service)
+    try:
+        grpc_server.serve_forever(service, metrics_port=metrics_port)
+    except OSError as e:
+        _fail(str(e))
     lm.close()
 
 

@@ -9,7 +9,7 @@ import grpc
 from evo.v1 import proposer_pb2 as pb
 from evo.v1 import proposer_pb2_grpc as pb_grpc
 
-from services.common import addresses
+from services.common import addresses, metrics
 from services.common import server as grpc_server
 from services.proposer import extract
 from services.proposer.backends import base
@@ -120,6 +120,9 @@ class ProposerServicer(pb_grpc.ProposerServicer):
             cancelled=lambda: not context.is_active(),
         )
         samples = [self._sample(c, request.program_opening, sampling) for c in completions]
+        metrics.record_generation(
+            sum(s.completion_tokens for s in samples), time.perf_counter() - started
+        )
         log.info(
             "generated",
             extra={

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from services.trainer import protocol
+from services.trainer import gpu_child, protocol
 from services.trainer.protocol import ChildJob, Outcome, StageFailure, failure_from
 
 _LIMITS = {
@@ -31,13 +31,23 @@ _LIMITS = {
 
 def apply_limits(limits: protocol.Rlimits) -> None:
     """Lower soft and hard limits before any candidate code runs; it cannot raise them back."""
-    for key, which in _LIMITS.items():
+    # GPU sandboxes: RLIMIT_DATA instead of RLIMIT_AS (services/trainer/gpu_child.py).
+    for key, which in {**_LIMITS, "memory_bytes": gpu_child.memory_rlimit()}.items():
         value = int(getattr(limits, key) or 0)
         if value > 0:
             _, hard = resource.getrlimit(which)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
             resource.setrlimit(which, (value, value))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _device() -> Any:
+    """The sandbox's torch device (gpu_child): the CPU, or its one GPU. A sandbox given a
+    GPU that cannot reach CUDA fails the evaluation saying so (never the CPU in silence)."""
+    try:
+        return gpu_child.torch_device()
+    except BaseException as e:
+        raise failure_from(e, "build") from None
 
 
 def load_factory(job: ChildJob) -> Any:
@@ -85,9 +95,9 @@ def state_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def build(job: ChildJob, factory: Any, probe_x: Any) -> Any:
-    """Stages count_params, build and shape_check: a model whose output has the right shape,
-    lazy modules materialised by the probe forward pass."""
+def build(job: ChildJob, factory: Any, probe_x: Any, device: Any) -> Any:
+    """Stages count_params, build and shape_check: a model on `device` whose output has the
+    right shape, lazy modules materialised by the probe forward pass."""
     import torch
     import torch.nn as nn
     from torch.nn.parameter import is_lazy
@@ -121,12 +131,16 @@ def build(job: ChildJob, factory: Any, probe_x: Any) -> Any:
 
     if not any(True for _ in model.parameters()):
         raise StageFailure("INVALID", "count_params", "the model has no trainable parameters")
+    try:
+        model = model.to(device)
+    except BaseException as e:
+        raise failure_from(e, "build") from None
 
     # Stage: one dummy forward pass checking shapes (and materialising lazy modules).
     try:
         model.eval()
         with torch.no_grad():
-            probe = model(probe_x[:2])
+            probe = model(probe_x[:2].to(device))
     except BaseException as e:
         failure = failure_from(e, "shape_check")
         if failure.status == "CRASHED":
@@ -160,9 +174,10 @@ def train(job: ChildJob, data: dict[str, np.ndarray], out: BinaryIO) -> int:
     import torch.nn.functional as F
 
     factory = load_factory(job)
-    train_x = torch.from_numpy(data["train_x"])
-    train_y = torch.from_numpy(data["train_y"])
-    model = build(job, factory, train_x)
+    device = _device()
+    train_x = torch.from_numpy(data["train_x"]).to(device)
+    train_y = torch.from_numpy(data["train_y"]).to(device)
+    model = build(job, factory, train_x, device)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=job.lr)
     generator = torch.Generator().manual_seed(job.seed)
@@ -170,7 +185,9 @@ def train(job: ChildJob, data: dict[str, np.ndarray], out: BinaryIO) -> int:
     model.train()
     try:
         for step in range(1, job.steps + 1):
+            # Indices drawn on the CPU (the same batches on any device), then moved.
             idx = torch.randint(0, train_x.shape[0], (job.batch_size,), generator=generator)
+            idx = idx.to(device)
             loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
             if not torch.isfinite(loss):
                 raise StageFailure("DIVERGED", "train", f"loss became {loss.item()} at step {step}")
@@ -195,15 +212,17 @@ def score(job: ChildJob, data: dict[str, np.ndarray], checkpoints: BinaryIO, out
     import torch
 
     factory = load_factory(job)
-    val_x, test_x = torch.from_numpy(data["val_x"]), torch.from_numpy(data["test_x"])
-    model = build(job, factory, val_x)
+    device = _device()
+    val_x = torch.from_numpy(data["val_x"]).to(device)
+    test_x = torch.from_numpy(data["test_x"]).to(device)
+    model = build(job, factory, val_x, device)
     state = list(state_tensors(model).values())
     expected = [tuple(t.shape) for t in state]
 
     def predict(x: Any) -> np.ndarray:
         with torch.no_grad():
             logits = torch.cat([model(chunk) for chunk in torch.split(x, 512)])
-        return logits.argmax(dim=1).to(torch.int16).numpy()
+        return logits.argmax(dim=1).to(torch.int16).cpu().numpy()
 
     model.eval()
     last = len(job.checkpoint_steps) - 1

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 import click
 
 from services.common import addresses
+from services.common.metrics import metrics_option
 
 BACKEND_CHOICE = click.Choice(["bwrap", "docker", "process"])
 
@@ -28,11 +29,22 @@ def _config(
     memory_mb: int,
     allow_unisolated: bool,
     docker_runtime: str = "",
+    gpus: str = "none",
+    slots_per_gpu: int = 1,
+    gpu_sharing: str = "exclusive",
+    sandbox_proc: str = "fresh",
 ):  # type: ignore[no-untyped-def]
     from services.trainer.sandbox.base import MIB, Limits
+    from services.trainer.sandbox.gpu import GpuConfig
     from services.trainer.server import TrainerConfig
 
+    try:
+        gpu = GpuConfig(gpus=gpus, slots_per_gpu=slots_per_gpu, sharing=gpu_sharing)
+    except ValueError as e:
+        _fail(str(e))
     return TrainerConfig(
+        gpu=gpu,
+        sandbox_proc=sandbox_proc,
         backend=backend,
         slots=slots,
         threads_per_slot=threads,
@@ -59,6 +71,21 @@ runtime_option = click.option(
     help="The docker backend's container runtime, e.g. runsc (gVisor), as named in the "
     "engine's daemon configuration. See docs/security.md.",
 )
+gpus_option = click.option(
+    "--gpus",
+    default=lambda: os.environ.get("EVO_GPUS", "none"),
+    show_default="none ($EVO_GPUS)",
+    help="GPUs for the candidates: none, all (every /dev/nvidiaN), or minor numbers like 0,2. "
+    "A GPU asked for and missing stops the trainer at start.",
+)
+sandbox_proc_option = click.option(
+    "--sandbox-proc",
+    type=click.Choice(["fresh", "minimal"]),
+    default=lambda: os.environ.get("EVO_SANDBOX_PROC", "fresh"),
+    show_default="fresh ($EVO_SANDBOX_PROC)",
+    help="The bwrap sandbox's /proc: fresh (its own PID namespace's; needs an unmasked /proc) "
+    "or minimal (driver and CPU information only; for GPU pods, which cannot unmask /proc).",
+)
 unisolated_option = click.option(
     "--allow-unisolated",
     is_flag=True,
@@ -70,7 +97,12 @@ unisolated_option = click.option(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=addresses.DEFAULT_PORTS["trainer"], show_default=True)
 @backend_option
-@click.option("--slots", default=1, show_default=True, help="Evaluations run at once.")
+@click.option(
+    "--slots",
+    default=None,
+    type=int,
+    help="Evaluations run at once [default: 1; with GPUs, GPUs x --slots-per-gpu].",
+)
 @click.option(
     "--threads-per-slot", default=1, show_default=True, help="CPU threads each evaluation may use."
 )
@@ -99,6 +131,29 @@ unisolated_option = click.option(
     help="Most memory any evaluation may ask for.",
 )
 @runtime_option
+@gpus_option
+@click.option(
+    "--slots-per-gpu",
+    default=1,
+    show_default=True,
+    help="Candidates per GPU at once; only 1 bounds each one's GPU memory (README.md).",
+)
+@click.option(
+    "--gpu-sharing",
+    type=click.Choice(["exclusive"]),
+    default="exclusive",
+    show_default=True,
+    help="How candidates share a GPU: exclusive (one at a time). Several per GPU: MIG slices.",
+)
+@sandbox_proc_option
+@click.option(
+    "--drain-seconds",
+    default=None,
+    type=float,
+    help="On SIGTERM, how long running evaluations may finish [default: --time-limit + 30]; "
+    "Kubernetes' terminationGracePeriodSeconds must be longer.",
+)
+@metrics_option
 @unisolated_option
 @click.option("--log-level", default=None)
 def serve_trainer(
@@ -112,6 +167,12 @@ def serve_trainer(
     time_limit: float,
     memory_limit_mb: int,
     docker_runtime: str,
+    gpus: str,
+    slots_per_gpu: int,
+    gpu_sharing: str,
+    sandbox_proc: str,
+    drain_seconds: float | None,
+    metrics_port: int,
     allow_unisolated: bool,
     log_level: str | None,
 ) -> None:
@@ -121,30 +182,51 @@ def serve_trainer(
     from services.trainer import server
 
     logs.setup(log_level)
+    # Without GPUs one slot by default; with them, as many as the GPUs hold (0 here).
+    default_slots = 0 if gpus != "none" else 1
     config = _config(
         backend,
-        slots,
+        default_slots if slots is None else slots,
         threads_per_slot,
-        slots if warm is None else warm,
+        (1 if slots is None else slots) if warm is None else warm,
         max_queue,
         time_limit,
         memory_limit_mb,
         allow_unisolated,
         docker_runtime,
+        gpus,
+        slots_per_gpu,
+        gpu_sharing,
+        sandbox_proc,
     )
     try:
         trainer = server.Trainer(config)
         service = server.start(trainer, host, port)
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, ValueError) as e:
         _fail(str(e))
+    devices = ", ".join(g.describe() for g in trainer.gpus) or "CPU"
     click.echo(
         f"trainer serving on {host}:{service.port} ({backend} sandbox"
         + (f", runtime {docker_runtime}" if docker_runtime and backend == "docker" else "")
-        + f", {slots} slots)",
+        + f", {trainer.slots} slots, {devices})",
         err=True,
     )
-    grpc_server.serve_forever(service)
+    drain = time_limit + 30 if drain_seconds is None else drain_seconds
+    try:
+        grpc_server.serve_forever(
+            service,
+            metrics_port=metrics_port,
+            grace=5.0,
+            drain=lambda: _drain(trainer, drain),
+        )
+    except OSError as e:
+        _fail(str(e))
     trainer.close()
+
+
+def _drain(trainer: Any, seconds: float) -> None:
+    if not trainer.drain(seconds):
+        click.echo(f"trainer: evaluations still running after {seconds:.0f} s; stopping", err=True)
 
 
 @click.group()
@@ -164,6 +246,8 @@ def sandbox() -> None:
 @click.option("--memory-limit", "memory_mb", default=4096, show_default=True, help="MB.")
 @click.option("--threads", default=1, show_default=True)
 @runtime_option
+@gpus_option
+@sandbox_proc_option
 @unisolated_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sandbox_run(
@@ -176,6 +260,8 @@ def sandbox_run(
     memory_mb: int,
     threads: int,
     docker_runtime: str,
+    gpus: str,
+    sandbox_proc: str,
     allow_unisolated: bool,
     as_json: bool,
 ) -> None:
@@ -186,8 +272,9 @@ def sandbox_run(
     from services.trainer.server import Trainer
 
     config = _config(
-        backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated, docker_runtime
-    )
+        backend, 1, threads, 0, 0, time_limit, memory_mb, allow_unisolated, docker_runtime,
+        gpus=gpus, sandbox_proc=sandbox_proc,
+    )  # fmt: skip
     request = pb.EvaluateRequest(
         # The task decides the language (PyTorch for mnist1d, JAX for clrs/*).
         program=pb.Program(code=file.read_text(errors="replace")),
@@ -261,6 +348,7 @@ def print_result(result: Any, clrs: bool = False) -> None:
     rows += [
         ("wall time", f"{result.wall_seconds:.1f} s"),
         ("sandbox", f"{sandbox.backend}" + ("" if sandbox.isolated else " (NOT ISOLATED)")),
+        ("device", sandbox.device or "cpu"),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -269,3 +357,49 @@ def print_result(result: Any, clrs: bool = False) -> None:
     if result.log_tail.strip():
         console.print("log tail:")
         console.print("\n".join(result.log_tail.splitlines()[-20:]), markup=False, highlight=False)
+
+
+@sandbox.command("gpu-check")
+@click.option(
+    "--gpu", default="all", show_default=True, help="Which GPU: all (the first) or a minor number."
+)
+@backend_option
+@sandbox_proc_option
+@click.option(
+    "--memory-limit-mb", default=4096, show_default=True, help="The sandbox's host memory."
+)
+@click.option(
+    "--steps", default=8000, show_default=True, help="Training steps in the throughput check."
+)
+@click.option(
+    "--evaluations", default=4, show_default=True, help="Sandboxed evaluations timed one at a time."
+)
+@click.option("--parallel", default=4, show_default=True, help="Sandboxes at once on the GPU.")
+@click.option("--quick", is_flag=True, help="Skip the throughput measurement.")
+def gpu_check(
+    gpu: str,
+    backend: str,
+    sandbox_proc: str,
+    memory_limit_mb: int,
+    steps: int,
+    evaluations: int,
+    parallel: int,
+    quick: bool,
+) -> None:
+    """PASS/FAIL for the sandbox on this machine's GPU (exit 0, 1; 77: no GPU here)."""
+    from services.trainer import gpu_check as checks
+
+    try:
+        config = checks.CheckConfig(
+            gpu=gpu if gpu == "all" else str(int(gpu)),
+            backend=backend,
+            sandbox_proc=sandbox_proc,
+            memory_mb=memory_limit_mb,
+            steps=steps,
+            evaluations=evaluations,
+            parallel=parallel,
+            quick=quick,
+        )
+    except ValueError as e:
+        _fail(str(e))
+    sys.exit(checks.run_checks(config, lambda line: click.echo(line)))

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from services.trainer import clrs_lib, clrs_processor, protocol
+from services.trainer import clrs_lib, clrs_processor, gpu_child, protocol
 from services.trainer.protocol import ChildJob, StageFailure, failure_from
 
 # Ibarz et al. 2022 ("A Generalist Neural Algorithmic Learner"), single-task settings.
@@ -96,9 +96,11 @@ def _jax(job: ChildJob) -> Any:
         f"--xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
         f"intra_op_parallelism_threads={threads}"
     )
+    # cpu, or cuda in a GPU sandbox (services/trainer/gpu_child.py): set before the import.
+    platform = gpu_child.configure_jax()
     import jax
 
-    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_platforms", platform)
     return jax
 
 

@@ -34,6 +34,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from services.trainer import gpu_child
+
 FRAME = struct.Struct("<cQ")
 SIZE = struct.Struct("<Q")
 LOSS = struct.Struct("<d")
@@ -75,6 +77,8 @@ class StageFailure(Exception):
 
 def failure_from(exc: BaseException, stage: str) -> StageFailure:
     text = f"{type(exc).__name__}: {exc}".strip()
+    if gpu_child.is_gpu_oom(exc):
+        return StageFailure("OOM", stage, f"ran out of GPU memory during {stage}: {text[:300]}")
     if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text:
         return StageFailure("OOM", stage, f"ran out of memory during {stage}: {text[:300]}")
     return StageFailure("CRASHED", stage, f"{stage} failed: {text[:500]}")

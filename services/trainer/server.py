@@ -9,6 +9,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -17,10 +18,11 @@ from evo.v1 import common_pb2 as common
 from evo.v1 import trainer_pb2 as pb
 from evo.v1 import trainer_pb2_grpc as pb_grpc
 
-from services.common import addresses
+from services.common import addresses, metrics
 from services.common import server as grpc_server
 from services.trainer import tasks
 from services.trainer.evaluator import BadRequest, Job, evaluate
+from services.trainer.sandbox import gpu as gpus
 from services.trainer.sandbox.base import Backend, Limits, Sandbox
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ BACKENDS = ("bwrap", "docker", "process")
 
 class Busy(Exception):
     """Every slot is taken and the queue is full."""
+
+
+class Draining(Exception):
+    """The trainer is stopping: it finishes what it runs and takes nothing new."""
 
 
 @dataclass
@@ -49,20 +55,27 @@ class TrainerConfig:
     # The docker backend's container runtime ("runsc": gVisor); the engine's default if empty.
     docker_runtime: str = ""
     trainer_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # GPUs: none by default; with some, slots come from them (one candidate per GPU).
+    gpu: gpus.GpuConfig = field(default_factory=gpus.GpuConfig)
+    # The bwrap sandbox's /proc: "fresh" or "minimal" (GPU pods; see gpus.proc_args).
+    sandbox_proc: str = "fresh"
 
 
-def make_backend(config: TrainerConfig) -> Backend:
+def make_backend(config: TrainerConfig, gpu: gpus.Gpu | None = None) -> Backend:
+    """The configured backend; with `gpu`, one whose sandboxes get that GPU only."""
     if config.backend == "bwrap":
         from services.trainer.sandbox.local import BwrapBackend
 
-        return BwrapBackend(config.limits, config.threads_per_slot)
+        return BwrapBackend(config.limits, config.threads_per_slot, gpu, config.sandbox_proc)
     if config.backend == "docker":
         from services.trainer.sandbox.docker import DockerBackend
 
         return DockerBackend(
-            config.limits, config.threads_per_slot, runtime=config.docker_runtime or None
+            config.limits, config.threads_per_slot, runtime=config.docker_runtime or None, gpu=gpu
         )
     if config.backend == "process":
+        if gpu is not None:
+            raise RuntimeError("the process backend cannot confine a GPU: use bwrap or docker")
         if not config.allow_unisolated:
             raise RuntimeError(
                 "the process backend does not isolate the candidate from this machine; "
@@ -85,6 +98,12 @@ def check_config(config: TrainerConfig) -> None:
             "the docker runtime %r ($EVO_SANDBOX_RUNTIME, --docker-runtime) applies to the "
             "docker backend only; the %s backend ignores it",
             config.docker_runtime,
+            config.backend,
+        )
+    if config.sandbox_proc != "fresh" and config.backend != "bwrap":
+        log.warning(
+            "--sandbox-proc %s applies to the bwrap backend only; the %s backend ignores it",
+            config.sandbox_proc,
             config.backend,
         )
 
@@ -148,16 +167,50 @@ class WarmPool:
 
 
 class Trainer:
+    """Slots over one backend (CPU) or one backend per GPU, each with its warm pool.
+
+    With GPUs, an evaluation's slot is a place on a GPU (gpus.SlotAssigner) and both its
+    sandboxes (training, then scoring) come from that GPU's pool. GpuUnavailable at
+    construction: asked for a GPU this machine does not have (the trainer must not start).
+    """
+
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
         check_config(config)
-        self.backend = make_backend(config)
-        # Two sandboxes an evaluation (training, then scoring), each pre-started.
-        self.pool = WarmPool(self.backend, SANDBOXES_PER_EVALUATION * config.warm)
-        self._slots = threading.BoundedSemaphore(config.slots)
+        self.gpus = gpus.select(config.gpu)
+        self.slots = config.slots
+        self.assigner: gpus.SlotAssigner | None = None
+        if self.gpus:
+            self.assigner = gpus.SlotAssigner(self.gpus, config.gpu.slots_per_gpu)
+            if config.slots > self.assigner.slots:
+                raise RuntimeError(
+                    f"--slots {config.slots} is more than the {self.assigner.slots} this "
+                    f"trainer's {len(self.gpus)} GPU(s) hold at {config.gpu.slots_per_gpu} "
+                    "candidate(s) each: lower --slots or give the trainer more GPUs"
+                )
+            self.slots = config.slots or self.assigner.slots
+        if self.slots < 1:
+            raise RuntimeError(f"a trainer needs at least one slot, not {self.slots}")
+        lanes: list[gpus.Gpu | None] = list(self.gpus) or [None]
+        self.backends = {g.minor if g else None: make_backend(config, g) for g in lanes}
+        self.backend = next(iter(self.backends.values()))
+        # Evaluations kept warm, spread over the GPUs (rounded up); two sandboxes each
+        # (training, then scoring), all pre-started.
+        warm = -(-config.warm // len(lanes)) if config.warm else 0
+        self.pools = {
+            key: WarmPool(b, SANDBOXES_PER_EVALUATION * warm) for key, b in self.backends.items()
+        }
+        self.pool = next(iter(self.pools.values()))
+        self._slots = threading.BoundedSemaphore(self.slots)
         self._lock = threading.Lock()
         self.busy = 0
         self.queued = 0
+        self.draining = False
+        self._idle = threading.Condition(self._lock)
+        metrics.TRAINER_SLOTS.set(self.slots)
+        metrics.TRAINER_SLOTS_BUSY.set_function(lambda: self.busy)
+        metrics.TRAINER_QUEUED.set_function(lambda: self.queued)
+        metrics.TRAINER_DRAINING.set_function(lambda: int(self.draining))
 
     def evaluate(
         self,
@@ -169,21 +222,30 @@ class Trainer:
         """Evaluate one program. BadRequest for a wrong request, Busy when full."""
         job = Job.from_request(request, self.config.limits)
         with self._lock:
-            if self.queued >= self.config.max_queue and self.busy >= self.config.slots:
-                raise Busy(
-                    f"all {self.config.slots} slots busy and {self.queued} evaluations queued"
-                )
+            if self.draining:
+                raise Draining("trainer draining before it stops; evaluate on another")
+            if self.queued >= self.config.max_queue and self.busy >= self.slots:
+                raise Busy(f"all {self.slots} slots busy and {self.queued} evaluations queued")
             self.queued += 1
         got = self._slots.acquire(timeout=wait_seconds)
         with self._lock:
             self.queued -= 1
+            if got and self.draining:
+                # Queued before the drain began: refused, so the caller retries elsewhere.
+                self._slots.release()
+                self._idle.notify_all()
+                raise Draining("trainer draining before it stops; evaluate on another")
             if got:
                 self.busy += 1
+            self._idle.notify_all()
         if not got:
             raise Busy(f"no slot became free within {wait_seconds:.0f} s")
+        gpu = self.assigner.take() if self.assigner else None
+        pool = self.pools[gpu.minor if gpu else None]
+        started = time.monotonic()
 
         def sandboxes() -> Sandbox:
-            sandbox = self.pool.take()
+            sandbox = pool.take()
             if on_sandbox is not None:
                 on_sandbox(sandbox)
             return sandbox
@@ -196,9 +258,17 @@ class Trainer:
                 status=common.EVAL_STATUS_INTERNAL, message=f"trainer error: {e}"[:500]
             )
         finally:
+            if self.assigner and gpu:
+                self.assigner.give_back(gpu)
             with self._lock:
                 self.busy -= 1
+                self._idle.notify_all()
             self._slots.release()
+        metrics.record_evaluation(
+            common.EvalStatus.Name(response.status).removeprefix("EVAL_STATUS_"),
+            gpu.device if gpu else "cpu",
+            time.monotonic() - started,
+        )
         response.trainer_id = self.config.trainer_id
         response.request_id = request.request_id
         return response
@@ -206,18 +276,29 @@ class Trainer:
     def capacity(self) -> pb.Capacity:
         with self._lock:
             return pb.Capacity(
-                slots_total=self.config.slots,
+                # A draining trainer offers no slot: callers must not send it more work.
+                slots_total=0 if self.draining else self.slots,
                 slots_busy=self.busy,
                 queued=self.queued,
                 max_queue=self.config.max_queue,
                 backends=[self.backend.name],
-                devices=["cpu"],
+                devices=[g.describe() for g in self.gpus] or ["cpu"],
                 trainer_id=self.config.trainer_id,
             )
 
+    def drain(self, timeout: float | None = None) -> bool:
+        """Refuse new evaluations and wait (up to `timeout`) for those running or queued to
+        end; True when none is left. SIGTERM calls it before the server stops."""
+        with self._lock:
+            self.draining = True
+            log.info("draining", extra={"busy": self.busy, "queued": self.queued})
+            return self._idle.wait_for(lambda: self.busy == 0 and self.queued == 0, timeout)
+
     def close(self) -> None:
-        self.pool.close()
-        self.backend.close()
+        for pool in self.pools.values():
+            pool.close()
+        for backend in self.backends.values():
+            backend.close()
 
 
 def task_info(name: str) -> pb.TaskInfo:
@@ -256,6 +337,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Busy as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"trainer busy: {e}; retry later")
+        except Draining as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
     def Evaluate(self, request, context):
         return self._run(request, context)
@@ -293,6 +376,9 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         yield pb.EvaluateEvent(result=outcome[0])
 
     def GetCapacity(self, request, context):
+        if self.trainer.draining:
+            # As good as gone: callers that track live capacity drop this replica.
+            context.abort(grpc.StatusCode.UNAVAILABLE, "trainer draining before it stops")
         return self.trainer.capacity()
 
     def ListTasks(self, request, context):
@@ -322,5 +408,5 @@ def start(trainer: Trainer, host: str = "127.0.0.1", port: int = DEFAULT_PORT): 
         host=host,
         port=port,
         # Queued evaluations hold a thread while they wait for a slot.
-        max_workers=trainer.config.slots + trainer.config.max_queue + 4,
+        max_workers=trainer.slots + trainer.config.max_queue + 4,
     )

@@ -4,7 +4,7 @@ Each sandbox is one container of the sandbox image (images/sandbox/build-local.s
 running the child, as template.docker_options renders it: no network, a read-only root
 with a size-capped /tmp, no capabilities, no way to gain privileges, the seccomp profile
 of seccomp.py, an unprivileged uid, and pids, memory and CPU limits from the engine's
-cgroup; GPUs are passed through device requests only when asked for. The engine's
+cgroup; a slot's GPU (gpu.py) is passed by a device request naming it only. The engine's
 socket is never mounted into it: nothing is mounted but /tmp. With a runtime such as
 runsc (gVisor; `--docker-runtime`, EVO_SANDBOX_RUNTIME) the candidate's system calls go
 to a user-space kernel instead of the host's.
@@ -33,6 +33,7 @@ import docker.errors
 import docker.types
 import requests
 
+from services.trainer.sandbox import gpu as gpus
 from services.trainer.sandbox.base import (
     Backend,
     FrameReader,
@@ -95,15 +96,14 @@ class DockerBackend(Backend):
         limits: Limits,
         threads: int = 1,
         image: str | None = None,
-        gpus: bool | None = None,
         client: docker.DockerClient | None = None,
         runtime: str | None = None,
+        gpu: gpus.Gpu | None = None,
     ) -> None:
         super().__init__(limits, threads)
         self.image = image or os.environ.get("EVO_SANDBOX_IMAGE") or DEFAULT_IMAGE
-        if gpus is None:
-            gpus = os.environ.get("EVO_SANDBOX_GPUS", "").lower() in ("1", "true", "yes")
-        self.gpus = gpus
+        # This backend's sandboxes get this one GPU (services/trainer/sandbox/gpu.py).
+        self.gpu = gpu
         # The engine's default runtime (runc) when empty.
         self.runtime = runtime or os.environ.get("EVO_SANDBOX_RUNTIME") or ""
         try:
@@ -162,13 +162,12 @@ class DockerBackend(Backend):
             threads=self.threads,
             uid=uid,
             memory_by_cgroup=True,  # the container's cgroup, shared memory included
+            gpu=self.gpu,
         )
 
     def container_options(self, uid: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """What `create_container` and `create_host_config` are given."""
-        create, host = docker_options(
-            self.spec(uid), self.seccomp_profile, runtime=self.runtime, gpus=self.gpus
-        )
+        create, host = docker_options(self.spec(uid), self.seccomp_profile, runtime=self.runtime)
         create["labels"] = {LABEL: "1", OWNER_LABEL: OWNER}
         return create, host
 
@@ -190,7 +189,7 @@ class DockerSandbox(Sandbox):
         self, owner: DockerBackend, options: tuple[dict[str, Any], dict[str, Any]]
     ) -> None:
         self.api = owner.client.api
-        self.device = "cuda" if owner.gpus else "cpu"
+        self.device = owner.gpu.device if owner.gpu else "cpu"
         self.memory_bytes = owner.limits.memory_bytes
         self.runtime = owner.runtime
         # The host-visible uid of every process in the container (no user namespace).

@@ -13,6 +13,7 @@ import sys
 import threading
 
 from services.trainer.sandbox import cgroups
+from services.trainer.sandbox import gpu as gpus
 from services.trainer.sandbox.base import Backend, Limits, ProcessSandbox, ProgressFn, RawRun
 from services.trainer.sandbox.imports import import_tree
 from services.trainer.sandbox.seccomp import filter_fd
@@ -99,7 +100,9 @@ class LocalBackend(Backend):
             group.set_limits(self.limits.memory_bytes, self.limits.max_processes, self.threads)
         return group
 
-    def _start(self, argv: list[str], uid: int | None, **kw) -> CgroupSandbox:  # type: ignore[no-untyped-def]
+    def _start(  # type: ignore[no-untyped-def]
+        self, argv: list[str], uid: int | None, device: str = "cpu", **kw
+    ) -> CgroupSandbox:
         group = self._group()
         prefix = group.join_prefix(self.shell) if group is not None else []
         sandbox = CgroupSandbox(
@@ -111,6 +114,7 @@ class LocalBackend(Backend):
             **kw,
         )
         sandbox.uid = uid
+        sandbox.device = device
         return sandbox
 
 
@@ -122,7 +126,17 @@ class BwrapBackend(LocalBackend):
     _uids = itertools.count()
     _uid_lock = threading.Lock()
 
-    def __init__(self, limits: Limits, threads: int = 1) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        threads: int = 1,
+        gpu: gpus.Gpu | None = None,
+        proc: str = "fresh",
+    ) -> None:
+        if proc not in gpus.PROC_MODES:
+            raise ValueError(f"unknown sandbox /proc mode {proc!r}; use one of {gpus.PROC_MODES}")
+        # gpu: this backend's sandboxes get this one GPU (gpu.py); proc: see gpus.proc_args.
+        self.gpu, self.proc = gpu, proc
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
         if not self.bwrap:
@@ -147,6 +161,8 @@ class BwrapBackend(LocalBackend):
             uid=uid,
             tree=self.tree,
             memory_by_cgroup=self.memory_by_cgroup,
+            gpu=self.gpu,
+            proc=self.proc,
         )
 
     def argv(self, uid: int, seccomp_fd: int) -> list[str]:
@@ -159,7 +175,12 @@ class BwrapBackend(LocalBackend):
         uid = self._next_uid()
         seccomp_fd = filter_fd()
         try:
-            return self._start(self.argv(uid, seccomp_fd), uid, pass_fds=(seccomp_fd,))
+            return self._start(
+                self.argv(uid, seccomp_fd),
+                uid,
+                self.gpu.device if self.gpu else "cpu",
+                pass_fds=(seccomp_fd,),
+            )
         finally:
             os.close(seccomp_fd)
 

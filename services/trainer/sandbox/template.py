@@ -3,7 +3,10 @@
 `SandboxSpec` says what a sandbox is: the entry command, the environment, the uid, the
 limits, the files it sees (the import tree) and its scratch space. The three renderers
 below are the only places that turn it into a backend's terms, so that a limit or a
-mount added here reaches every backend it applies to (GPU device binds go here too).
+mount added here reaches every backend it applies to. A sandbox given a GPU (gpu.py) gets
+its device nodes (bwrap), its device request by UUID (docker), its device named in the
+environment, and RLIMIT_DATA where RLIMIT_AS would bound its memory (CUDA reserves far more
+address space than any sensible RLIMIT_AS).
 
 What each rendering enforces, and what it cannot, is in docs/security.md.
 """
@@ -17,6 +20,7 @@ from glob import glob
 from pathlib import Path
 from typing import Any
 
+from services.trainer.sandbox import gpu as gpus
 from services.trainer.sandbox.base import MIB, Limits
 from services.trainer.sandbox.imports import ImportTree
 
@@ -66,6 +70,10 @@ class SandboxSpec:
     tree: ImportTree | None = None
     # Memory is bounded by the sandbox's cgroup (so not per process by RLIMIT_AS).
     memory_by_cgroup: bool = False
+    # The one GPU this sandbox may use (None: the CPU only); see gpu.py.
+    gpu: gpus.Gpu | None = None
+    # bwrap's /proc: "fresh" or "minimal" (GPU pods, no user namespace; gpus.proc_args).
+    proc: str = "fresh"
     env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,8 +81,18 @@ class SandboxSpec:
             raise ValueError(f"a sandbox needs at least one thread, not {self.threads}")
         if self.uid is not None and self.uid <= 0:
             raise ValueError(f"a sandbox must not run as uid {self.uid}")
+        if self.proc not in gpus.PROC_MODES:
+            raise ValueError(
+                f"unknown sandbox /proc mode {self.proc!r}; use one of {gpus.PROC_MODES}"
+            )
         if not self.env:
-            object.__setattr__(self, "env", child_env(self.threads))
+            env = {**child_env(self.threads), **gpus.child_env(self.gpu)}
+            object.__setattr__(self, "env", env)
+
+    @property
+    def device(self) -> str:
+        """The device results and Capacity name: "cuda:N" or "cpu"."""
+        return self.gpu.device if self.gpu else "cpu"
 
     @property
     def command(self) -> list[str]:
@@ -95,7 +113,8 @@ class SandboxSpec:
             "core": 0,
         }
         if not self.memory_by_cgroup:
-            values["as"] = lim.memory_bytes
+            # RLIMIT_DATA with a GPU: CUDA cannot initialise under any sensible RLIMIT_AS.
+            values[gpus.memory_rlimit_flag(self.gpu).removeprefix("--")] = lim.memory_bytes
         return values
 
 
@@ -163,8 +182,9 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str, seccomp_fd: int, setpriv: str | No
         "--die-with-parent", "--new-session",
         "--hostname", HOSTNAME,
         "--ro-bind", "/usr", "/usr",
-        "--proc", "/proc",
+        *gpus.proc_args(spec.proc),
         "--dev", "/dev",
+        *(gpus.bwrap_args(spec.gpu) if spec.gpu else []),
         "--perms", "1777", "--size", str(spec.limits.scratch_bytes), "--tmpfs", WORKDIR,
         "--chdir", WORKDIR,
         "--clearenv",
@@ -229,14 +249,14 @@ def docker_options(
     spec: SandboxSpec,
     seccomp_profile: str,
     runtime: str | None = None,
-    gpus: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What the Docker SDK's `create_container` and `create_host_config` are given.
 
     No network, a read-only root (the image) with a size-capped /tmp, no capabilities,
     no way to gain privileges, the seccomp profile, an unprivileged uid, and pids,
     memory (shared memory and tmpfs included: they are the container cgroup's) and CPU
-    limits; GPUs only when asked for; `runtime` (runsc: gVisor) where configured.
+    limits; the spec's GPU only (by UUID, never all of them); `runtime` (runsc: gVisor)
+    where configured.
     """
     import docker.types
 
@@ -276,6 +296,6 @@ def docker_options(
     }
     if runtime:
         host["runtime"] = runtime
-    if gpus:
-        host["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if spec.gpu:
+        host["device_requests"] = gpus.docker_device_requests(spec.gpu)
     return create, host
