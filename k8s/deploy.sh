@@ -6,7 +6,8 @@
 #
 # apply: builds the images (images/build.sh; the gpu overlays' trainer is the CUDA
 # variant), pushes them to $REGISTRY as evo-<service>:$TAG, creates the namespace and,
-# once, the Secret evo-postgres with a random password, then applies the overlay with the
+# once, the Secrets evo-postgres (a random password) and evo-trainer-secret (what the
+# held-out splits are generated from, shared by every trainer), then applies the overlay with the
 # images referenced by the digests the registry gave them (REGISTRY/evo-<service>@sha256:...,
 # never a tag that can move) through a generated kustomization (kubectl apply -k).
 # TAG defaults to a fresh dev-<time> tag. The controller Job is named after the search
@@ -100,6 +101,11 @@ apply)
         # Hex: the password goes into a database URL unescaped.
         kubectl -n evo create secret generic evo-postgres --from-literal=username=evo \
             --from-literal=password="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+    fi
+    if ! kubectl -n evo get secret evo-trainer-secret >/dev/null 2>&1; then
+        # What MNIST-1D's held-out splits are generated from: one for every trainer.
+        kubectl -n evo create secret generic evo-trainer-secret \
+            --from-literal=secret="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
     fi
     # A Job's pod template cannot change: the same search applied again (new image digests)
     # replaces its Job, and the new pod resumes the search where the store has it.

@@ -291,7 +291,7 @@ rows = lambda sql: [dict(r) for r in db.execute(sql)]
 print(json.dumps({
     'searches': rows('SELECT id, state, message FROM searches'),
     'candidates': rows('SELECT id, search_id, round_index, origin, state, num_params, '
-                       'best_val_error, fitness FROM candidates'),
+                       'best_val_error, fitness, prompt_id, sample_index FROM candidates'),
     'edges': rows('SELECT child_id, parent_id FROM candidate_parents'),
     'evaluations': rows('SELECT candidate_id, status, trainer_id, sandbox_backend '
                         'FROM evaluations'),
@@ -377,7 +377,15 @@ def test_a_search_runs_across_containers_as_in_the_cluster(
     candidates = {c["id"]: c for c in db["candidates"]}
     assert len([c for c in candidates.values() if c["origin"] == "seed"]) == 4
     children = [c for c in candidates.values() if c["round_index"] > 0]
-    assert len(children) == 2 * 2 * 2, "rounds x prompts x samples"
+    # Each slot once; a slot whose child copied an earlier program is sampled again as
+    # slot + attempt x samples (controller/sampling.py), at most twice (the default).
+    first = [c for c in children if c["sample_index"] < 2]
+    assert len(first) == 2 * 2 * 2, "rounds x prompts x samples"
+    slots = {(c["prompt_id"], c["sample_index"]): c for c in children}
+    for c in children:
+        if c["sample_index"] >= 2:
+            assert c["sample_index"] < 2 * 3, c
+            assert slots[(c["prompt_id"], c["sample_index"] - 2)]["state"] == "duplicate"
     for edge in db["edges"]:
         child, parent = candidates[edge["child_id"]], candidates.get(edge["parent_id"])
         assert parent is not None, f"candidate {child['id']} has a missing parent"

@@ -288,7 +288,17 @@ def test_the_trainer_keeps_its_sandbox_and_holds_nothing(rendered: Rendered) -> 
         assert spec["hostUsers"] is False
         assert c["securityContext"]["procMount"] == "Unmasked"
         assert flag(c["args"], "sandbox-proc") in (None, "fresh")
-    assert not c.get("env") and not c.get("envFrom"), "the trainer gets no configuration secrets"
+    # One secret only: what the held-out splits are generated from, shared by the fleet
+    # (docs/security.md); no credentials of any other service.
+    assert not c.get("envFrom")
+    assert c.get("env") == [
+        {
+            "name": "EVO_TRAINER_SECRET",
+            "valueFrom": {
+                "secretKeyRef": {"name": "evo-trainer-secret", "key": "secret", "optional": True}
+            },
+        }
+    ]
     mounts = {m["name"] for m in c.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     assert all("emptyDir" in volumes[m] for m in mounts), "only scratch space is mounted"

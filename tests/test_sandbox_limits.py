@@ -231,6 +231,23 @@ def test_bwrap_binds_the_import_tree_and_nothing_else_of_the_environment() -> No
     assert argv[-5:] == [sys.executable, "-I", "-B", "-m", "services.trainer.child"]
 
 
+def test_an_interpreter_linked_into_usr_is_not_linked_again(tmp_path: Path) -> None:
+    """A venv whose python is /usr/bin/python3 (the images'): /usr is bound whole, so the
+    chain stops there; bwrap cannot make a symlink where the bound /usr has a file."""
+    usr_python = os.path.realpath("/usr/bin/python3")
+    if not os.path.exists(usr_python):
+        pytest.skip("this machine has no /usr/bin/python3 to link a venv to")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to("/usr/bin/python3")
+    python = str(tmp_path / "bin" / "python")
+    argv = bwrap_argv(spec(python=python, tree=import_tree()), "bwrap", 3, None)
+    links = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--symlink"]
+    assert ("/usr/bin/python3", str(tmp_path / "bin" / "python")) in links
+    assert not [dest for _, dest in links if dest.startswith("/usr/")]
+    binds = [argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert "/usr" in binds and not [b for b in binds if b.startswith("/usr/")]
+
+
 def test_the_child_modules_follow_its_imports() -> None:
     modules = child_modules()
     assert "services/trainer/child.py" in modules and "services/__init__.py" in modules

@@ -19,7 +19,7 @@ from evo.v1 import lineage_pb2 as pb
 from evo.v1 import lineage_pb2_grpc as pb_grpc
 from evo.v1 import trainer_pb2
 
-from controller.search import Search
+from controller.clients import Trainers
 from services.lineage import server as lineage_server
 from services.lineage.rdb import RDBStorage
 from services.trainer import server as trainer_server
@@ -49,9 +49,13 @@ def build_model():
 pytestmark = pytest.mark.filterwarnings("ignore:The `dict` method is deprecated")
 
 
-def with_hostile_seeds(task: Callable[[Search], trainer_pb2.TaskInfo]) -> Callable[..., object]:
-    def patched(self: Search) -> trainer_pb2.TaskInfo:
-        info = task(self)
+def with_hostile_seeds(
+    task: Callable[[Trainers, str], trainer_pb2.TaskInfo],
+) -> Callable[..., object]:
+    """The trainers' task description with the hostile programs added as seeds."""
+
+    def patched(self: Trainers, name: str) -> trainer_pb2.TaskInfo:
+        info = task(self, name)
         for name in PROGRAMS:
             info.seeds.add(name=name, code=(HOSTILE / f"{name}.py").read_text())
         info.seeds.add(name="nan_time", code=f"{NAN_MARKER}\n{NAN_PROGRAM}")
@@ -93,7 +97,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 def test_a_search_with_hostile_children_runs_to_its_end(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Search, "_task", with_hostile_seeds(Search._task))
+    monkeypatch.setattr(Trainers, "task", with_hostile_seeds(Trainers.task))
 
     config = make_config(stack, alpha=0.95, rounds=1, prompts_per_round=1, samples_per_prompt=2)
     config.evolution.seeds = ["mlp", "nan_time", *PROGRAMS]

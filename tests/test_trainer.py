@@ -171,6 +171,28 @@ def test_held_out_splits_come_from_the_trainer_secret_not_the_public_seed() -> N
         assert secret.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_read_only_image_reads_the_public_split_and_makes_the_held_out_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer image's layout: the public split made at build time in a read-only folder
+    without any secret; the held-out splits made at run time in $EVO_HOME, mode 0600."""
+    from services.trainer.tasks import mnist1d
+
+    monkeypatch.setenv("EVO_HOME", str(tmp_path / "build-home"))
+    public = mnist1d.write_public_data(tmp_path / "image")
+    assert public.stat().st_mode & 0o777 == 0o644
+    assert not (tmp_path / "build-home").exists(), "building the image made no secret"
+    (tmp_path / "image").chmod(0o555)
+    monkeypatch.setenv(mnist1d.PUBLIC_DATA_ENV, str(tmp_path / "image"))
+    monkeypatch.setenv("EVO_HOME", str(tmp_path / "run-home"))
+    monkeypatch.delenv("EVO_TRAINER_SECRET", raising=False)
+    data = mnist1d.Mnist1d().dataset()
+    made = sorted(p.name for p in (tmp_path / "run-home" / "data").iterdir())
+    assert len(made) == 1 and made[0].startswith("mnist1d-held-out-"), made
+    assert (tmp_path / "run-home" / "data" / made[0]).stat().st_mode & 0o777 == 0o600
+    assert len(data.train.y) == 3500 and len(data.val.y) == 500 and len(data.test.y) == 1000
+
+
 def test_process_backend_is_refused_unless_allowed() -> None:
     with pytest.raises(RuntimeError, match="--allow-unisolated"):
         server.Trainer(server.TrainerConfig(backend="process", warm=0))

@@ -133,6 +133,16 @@ def process_argv(spec: SandboxSpec) -> list[str]:
     return [*prlimit_argv(spec), *spec.command]
 
 
+# Bound whole, read-only, before the import tree (bwrap_argv): what lies in it is there as
+# on the host, so nothing in it is bound or linked again (bwrap cannot make a symlink where
+# the bound tree has a file: a venv whose python is /usr/bin/python3, as in the images).
+BOUND_WHOLE = ("/usr",)
+
+
+def _in_bound_tree(path: str) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in BOUND_WHOLE)
+
+
 class _Binds:
     """bwrap arguments that make a file tree, creating parents readable (0755)."""
 
@@ -151,6 +161,8 @@ class _Binds:
 
     def bind(self, source: str, dest: str | None = None) -> None:
         dest = dest or source
+        if source == dest and _in_bound_tree(dest):
+            return
         self.parents(dest)
         self.made.add(dest)
         self.args += ["--ro-bind", source, dest]
@@ -159,6 +171,8 @@ class _Binds:
         """`path` as the host has it: each symlink on the way made, the file bound."""
         seen: set[str] = set()
         while os.path.islink(path) and path not in seen:
+            if _in_bound_tree(path):
+                return  # the rest of the chain is there already
             seen.add(path)
             target = os.readlink(path)
             self.parents(path)
@@ -181,7 +195,7 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str, seccomp_fd: int, setpriv: str | No
         "--unshare-cgroup-try",
         "--die-with-parent", "--new-session",
         "--hostname", HOSTNAME,
-        "--ro-bind", "/usr", "/usr",
+        *(a for top in BOUND_WHOLE for a in ("--ro-bind", top, top)),
         *gpus.proc_args(spec.proc),
         "--dev", "/dev",
         *(gpus.bwrap_args(spec.gpu) if spec.gpu else []),

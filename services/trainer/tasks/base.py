@@ -7,6 +7,7 @@ in the training run), what the scoring run must return (`prediction_spec`) and s
 """
 
 import hashlib
+import logging
 import os
 import secrets
 from abc import ABC, abstractmethod
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 SECRET_ENV = "EVO_TRAINER_SECRET"
+log = logging.getLogger(__name__)
 
 
 def evo_home() -> Path:
@@ -40,6 +42,12 @@ def trainer_secret() -> bytes:
         else:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32) + "\n")
+            log.warning(
+                "made a new trainer secret in %s: held-out scores differ from other trainers'; "
+                "trainers that must score alike share one (%s)",
+                path,
+                SECRET_ENV,
+            )
     value = path.read_bytes().strip()
     if not value:
         raise RuntimeError(f"{path} is empty: delete it (a new secret is made) or set {SECRET_ENV}")
