@@ -71,7 +71,7 @@ def test_phase_two_allows_only_the_attributes_init_assigned() -> None:
 
 def test_a_grammar_that_rejects_a_seed_is_a_clear_error() -> None:
     task = trainer_server.task_info("mnist1d")
-    assert task.grammar_version == "mnist1d-pytorch-v1" and task.grammar == MNIST.grammar()
+    assert task.grammar_version == "mnist1d-pytorch-v2" and task.grammar == MNIST.grammar()
     narrowed = task.grammar.replace('"GRU" | "LSTM" | "RNN"', '"LSTM" | "RNN"')
     with pytest.raises(RuntimeError, match=r"rejects seeds of task mnist1d: seed gru"):
         sampling.check_seeds(narrowed, "mnist1d-pytorch-v0", task)
@@ -82,7 +82,7 @@ def test_a_grammar_that_rejects_a_seed_is_a_clear_error() -> None:
 def test_task_info_carries_the_grammar() -> None:
     info = trainer_server.task_info("mnist1d")
     assert isinstance(info, trainer_pb2.TaskInfo)
-    assert info.grammar.startswith("// mnist1d-pytorch-v1")
+    assert info.grammar.startswith("// mnist1d-pytorch-v2")
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,83 @@ def test_the_mask_forbids_an_undefined_attribute(lltokenizer) -> None:  # type: 
     allowed = c.allowed()
     assert allowed[lltokenizer.tokenize_str("conv")[0]]
     assert not allowed[lltokenizer.tokenize_str("fc")[0]], "no attribute fc was assigned"
+
+
+def refused_at(c: grammar.Constraint, text: str, lltokenizer) -> str | None:  # type: ignore[no-untyped-def]
+    """The text consumed before the first token the mask refuses, or None if none is."""
+    done: list[int] = []
+    for token in lltokenizer.tokenize_str(text):
+        if not c.allowed()[token]:
+            return lltokenizer.decode_str(done)
+        c.consume(token)
+        assert not c.error
+        done.append(token)
+    return None
+
+
+def test_statements_complete_outside_brackets_and_docstrings() -> None:
+    text = (
+        '\n    """A docstring (with an open bracket."""\n'
+        "        channels = 25\n"
+        "        self.layers = nn.Sequential(\n            nn.Linear(channels, 10),\n"
+    )
+    assert grammar.scope(1, text) == {"init_attr": [], "init_local": ["channels"]}
+    text += "        )\n"
+    assert grammar.scope(1, text) == {"init_attr": ["layers"], "init_local": ["channels"]}
+    assert grammar.scope(2, "\n        h, c = self.rnn(x)\n        y") == {
+        "defined_local": ["x", "h", "c"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("seed", "old", "new", "before"),
+    [
+        # __init__ reads a local before the statement that assigns it.
+        ("cnn", "        channels = 25\n", "", "nn.Conv1d(1, "),
+        # __init__ reads an attribute before it is set.
+        ("gru", "        self.hidden_size = 6\n", "", "nn.GRU(1, "),
+        # forward reads a local no statement assigned...
+        ("cnn", "h = F.relu(self.conv2(h))", "h = F.relu(self.conv2(y))", "self.conv2("),
+        # ...or one of __init__'s locals, which forward cannot see.
+        ("cnn", "x.view(-1, 1, x.shape[-1])", "x.view(-1, 1, channels)", "x.view(-1, 1, "),
+    ],
+    ids=["init-local", "init-attribute", "forward-local", "init-local-in-forward"],
+)
+def test_the_mask_forbids_reading_a_name_before_it_is_assigned(
+    lltokenizer,  # type: ignore[no-untyped-def]
+    seed: str,
+    old: str,
+    new: str,
+    before: str,
+) -> None:
+    body = dict(completions(MNIST))[seed]
+    compiled = grammar.Compiled.of(MNIST.grammar())
+    assert refused_at(grammar.Constraint(compiled, lltokenizer), body, lltokenizer) is None
+    assert old in body
+    wrong = body.replace(old, new)
+    head = wrong[: wrong.index(FORWARD) + len(FORWARD)]
+    c = grammar.Constraint(compiled, lltokenizer)
+    if wrong.index(before) > len(head):  # phase by phase, as sampled
+        assert refused_at(c, head, lltokenizer) is None
+        prefix = head + refused_at(c, wrong[len(head) :], lltokenizer)
+    else:
+        prefix = refused_at(c, wrong, lltokenizer)
+    # (A token may carry the space or the dot before the name.)
+    assert prefix is not None and prefix.endswith(before.rstrip(" .")), prefix
+
+
+def test_a_search_pinned_to_the_first_grammar_still_samples(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Searches store their grammar's text: v1 (no scope rules) is sampled as it was."""
+    from importlib import resources
+
+    v1 = (
+        resources.files("services.trainer.tasks") / "grammars" / "mnist1d-pytorch-v1.lark"
+    ).read_text()
+    compiled = grammar.Compiled.of(v1)
+    body = dict(completions(MNIST))["cnn"]
+    c = grammar.Constraint(compiled, lltokenizer)
+    assert not c.scoped
+    head = body[: body.index(FORWARD) + len(FORWARD)]
+    assert refused_at(c, head, lltokenizer) is None
+    assert refused_at(c, body[len(head) :], lltokenizer) is None
+    assert c.done and c.phase == 2

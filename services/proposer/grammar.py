@@ -10,6 +10,14 @@ then as `phase2` with `defined_attr` narrowed to the attribute names phase 1 ass
 (`self.conv1 = ...`), so `forward` cannot use an attribute `__init__` never set: a
 context-free grammar alone cannot say that. Other grammars are one phase (`start`).
 
+Scopes. A grammar may also name the reads of a phase's statements (`init_attr` and
+`init_local` in phase 1, `defined_local` in phase 2): whenever a statement is complete
+(a newline outside brackets), those rules are narrowed to the names the complete
+statements assigned (plus forward's argument `x`), and the matcher is rebuilt and given
+the phase's tokens again. So no statement can read a name a statement before it did not
+assign: `channels * 5` before `channels = 25` cannot be sampled, nor `self.hidden` read
+in `__init__` before it is set.
+
 `parse_error` checks a finished text with Lark (pure Python): the controller uses it to
 refuse, at search start, a grammar that rejects one of the task's seeds.
 """
@@ -22,8 +30,21 @@ from typing import Any
 import numpy as np
 
 PHASE_RULES = ("phase1", "phase2", "defined_attr")
+# The rules narrowed statement by statement, by phase: attributes and locals read in
+# __init__; forward's locals (its attributes are `defined_attr`, fixed by phase 1).
+SCOPE_RULES = {1: ("init_attr", "init_local"), 2: ("defined_local",)}
+# What a scope rule's names are written after (`self.conv1` is one lexeme, so that with
+# no attribute assigned not even `self.` can be begun).
+SCOPE_PREFIX = {"init_attr": "self."}
+# forward's argument, defined before any statement.
+FORWARD_ARGUMENTS = ("x",)
+# A scope with no names: a terminal that matches nothing (a rule cannot be empty).
+NOTHING = r"/[^\s\S]/"
 # An attribute assignment in phase 1's text: `self.name = ...`.
 _ASSIGNED_ATTR = re.compile(r"^\s*self\.([A-Za-z_][A-Za-z0-9_]*)\s*=[^=]", re.MULTILINE)
+# A statement's targets: `self.name = `, `name = ` or `a, b = `.
+_TARGETS = re.compile(r"^\s*(self\.)?([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=(?!=)")
+_DOCSTRING = re.compile(r'"""[^"]*(?:"""|$)')
 
 
 class GrammarError(ValueError):
@@ -64,6 +85,46 @@ def phase2(text: str, phase1_text: str) -> str:
     names = assigned_attributes(phase1_text) or ["_no_attribute_was_assigned"]
     narrowed = _replace_rule(text, "defined_attr", " | ".join(f'"{n}"' for n in names))
     return _replace_rule(narrowed, "start", "phase2")
+
+
+def complete_statements(text: str) -> list[str]:
+    """The statements of `text` that are finished: lines joined while a bracket is open,
+    each ended by a newline outside brackets (the last one, unfinished, left out).
+    Docstrings are dropped first: their brackets need not balance."""
+    statements, start, depth = [], 0, 0
+    text = _DOCSTRING.sub('""', text)
+    for i, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+        elif char == "\n" and depth == 0:
+            statements.append(text[start:i])
+            start = i + 1
+    return statements
+
+
+def scope(phase: int, phase_text: str) -> dict[str, list[str]]:
+    """The names each of the phase's scope rules allows after `phase_text`: those its
+    complete statements assigned (and forward's argument in phase 2)."""
+    attrs: list[str] = []
+    local: list[str] = list(FORWARD_ARGUMENTS) if phase == 2 else []
+    for statement in complete_statements(phase_text):
+        if match := _TARGETS.match(statement):
+            names = [n.strip() for n in match.group(2).split(",")]
+            (attrs if match.group(1) else local).extend(names)
+    attrs, local = list(dict.fromkeys(attrs)), list(dict.fromkeys(local))
+    return {"init_attr": attrs, "init_local": local} if phase == 1 else {"defined_local": local}
+
+
+def scoped(text: str, phase: int, names: dict[str, list[str]]) -> str:
+    """`text` (a phase's grammar) with each of the phase's scope rules it defines narrowed."""
+    for rule, allowed in names.items():
+        if defines(text, rule):
+            prefix = SCOPE_PREFIX.get(rule, "")
+            body = " | ".join(f'"{prefix}{n}"' for n in allowed) or NOTHING
+            text = _replace_rule(text, rule, body)
+    return text
 
 
 def parse_error(grammar_text: str, completion: str) -> str:
@@ -120,8 +181,14 @@ class Constraint:
         self.tokenizer = tokenizer
         self.phase = 1
         self.phase_tokens: list[int] = []
-        first = phase1(compiled.text) if compiled.phases == 2 else compiled.text
-        self.matcher = self._matcher(first)
+        self.phase_text = bytearray()
+        # The phase's grammar before its scope rules are narrowed, and their names now.
+        self.phase_grammar = phase1(compiled.text) if compiled.phases == 2 else compiled.text
+        self.scoped = compiled.phases == 2 and any(
+            defines(compiled.text, r) for rules in SCOPE_RULES.values() for r in rules
+        )
+        self.names = scope(1, "") if self.scoped else {}
+        self.matcher = self._matcher(scoped(self.phase_grammar, 1, self.names))
         self.words = (tokenizer.vocab_size + 31) // 32
         self._mask = np.zeros(self.words, dtype=np.int32)
 
@@ -139,8 +206,22 @@ class Constraint:
         stopped = self.matcher.is_stopped() and not self.matcher.is_error()
         if self.phase == 1 and self.compiled.phases == 2 and stopped:
             done = self.tokenizer.decode_str(self.phase_tokens)
-            self.matcher = self._matcher(phase2(self.compiled.text, done))
-            self.phase, self.phase_tokens = 2, []
+            self.phase_grammar = phase2(self.compiled.text, done)
+            self.phase, self.phase_tokens, self.phase_text = 2, [], bytearray()
+            self.names = scope(2, "") if self.scoped else {}
+            self.matcher = self._matcher(scoped(self.phase_grammar, 2, self.names))
+
+    def _narrow_scope(self) -> None:
+        """After a newline: if a statement completed and assigned new names, a matcher whose
+        scope rules allow them, given the phase's tokens again (the names only grow, so
+        what was accepted stays accepted)."""
+        names = scope(self.phase, self.phase_text.decode("utf-8", "replace"))
+        if names == self.names:
+            return
+        matcher = self._matcher(scoped(self.phase_grammar, self.phase, names))
+        if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
+            raise GrammarError(f"the narrowed grammar refused its prefix: {matcher.get_error()}")
+        self.names, self.matcher = names, matcher
 
     @property
     def done(self) -> bool:
@@ -165,4 +246,9 @@ class Constraint:
     def consume(self, token: int) -> None:
         self.matcher.consume_token(token)
         self.phase_tokens.append(token)
+        piece = self.tokenizer.decode_bytes([token])
+        self.phase_text += piece
+        phase = self.phase
         self._advance_phase()
+        if self.scoped and phase == self.phase and b"\n" in piece and not self.matcher.is_error():
+            self._narrow_scope()

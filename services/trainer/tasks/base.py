@@ -99,7 +99,7 @@ class Task(ABC):
     program_opening = "class Model(nn.Module):"
     prompt_header = ""
     seed_package = ""  # a package of .py files, one seed program each
-    # A versioned Lark grammar in grammars/ ("mnist1d-pytorch-v1"): what a child may write
+    # A versioned Lark grammar in grammars/ ("mnist1d-pytorch-v2"): what a child may write
     # after `program_opening`. A new version is a new file, so a stored search reproduces.
     grammar_version = ""
 
