@@ -44,7 +44,7 @@ def bare_seconds(steps: int, seed: int) -> float:
     started = time.perf_counter()
     train_x, train_y = torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])
     val_x, test_x = torch.from_numpy(held_out["val_x"]), torch.from_numpy(held_out["test_x"])
-    model = child.build(train, child.load_factory(train), train_x)
+    model = child.build(train, child.load_factory(train), train_x, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr)
     generator = torch.Generator().manual_seed(train.seed)
 
