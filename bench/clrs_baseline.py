@@ -43,6 +43,20 @@ PUBLISHED_OOD = {
 }
 
 
+def bench_trainer(backend: str, threads: int, wall_seconds: float) -> Trainer:
+    """One slot, no warm pool (a benchmark times its own runs), 16 GiB for CLRS's data."""
+    return Trainer(
+        TrainerConfig(
+            backend=backend,
+            slots=1,
+            threads_per_slot=threads,
+            warm=0,
+            limits=Limits(wall_seconds=wall_seconds, memory_bytes=16 * GIB),
+            allow_unisolated=backend == "process",
+        )
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--algorithm", default="bfs")
@@ -60,16 +74,7 @@ def main() -> int:
     code = seeds.get("v1_triplet_gmpnn") or seeds["triplet_gmpnn"]  # paper's or dm-clrs's
     print(f"{task.description}\ngenerating data (cached after the first run) ...", flush=True)
     task.arrays()  # type: ignore[attr-defined]
-    trainer = Trainer(
-        TrainerConfig(
-            backend=args.backend,
-            slots=1,
-            threads_per_slot=args.threads,
-            warm=0,
-            limits=Limits(wall_seconds=args.wall_seconds, memory_bytes=16 * GIB),
-            allow_unisolated=args.backend == "process",
-        )
-    )
+    trainer = bench_trainer(args.backend, args.threads, args.wall_seconds)
 
     def progress(p: dict) -> None:
         print(f"  step {p.get('step')}/{p.get('total_steps')} loss {p.get('train_loss'):.4f}",

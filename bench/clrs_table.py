@@ -122,9 +122,8 @@ def table(rows: list[Row], program: str, steps: int, sizes: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.clrs_baseline import bench_trainer
     from services.trainer import tasks
-    from services.trainer.sandbox.base import GIB, Limits
-    from services.trainer.server import Trainer, TrainerConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     which = parser.add_mutually_exclusive_group(required=True)
@@ -150,16 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed not in seeds:
             parser.error(f"no CLRS seed {args.seed!r}; seeds: {', '.join(seeds)}")
         code, label = seeds[args.seed], args.seed
-    trainer = Trainer(
-        TrainerConfig(
-            backend=args.backend,
-            slots=1,
-            threads_per_slot=args.threads,
-            warm=0,
-            limits=Limits(wall_seconds=args.wall_seconds, memory_bytes=16 * GIB),
-            allow_unisolated=args.backend == "process",
-        )
-    )
+    trainer = bench_trainer(args.backend, args.threads, args.wall_seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     try:
