@@ -246,9 +246,10 @@ class Constraint:
     def consume(self, token: int) -> None:
         self.matcher.consume_token(token)
         self.phase_tokens.append(token)
-        piece = self.tokenizer.decode_bytes([token])
-        self.phase_text += piece
         phase = self.phase
         self._advance_phase()
-        if self.scoped and phase == self.phase and b"\n" in piece and not self.matcher.is_error():
-            self._narrow_scope()
+        if self.scoped and phase == self.phase:  # the phase's text, for its scope only
+            piece = self.tokenizer.decode_bytes([token])
+            self.phase_text += piece
+            if b"\n" in piece and not self.matcher.is_error():
+                self._narrow_scope()

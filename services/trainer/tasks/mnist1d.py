@@ -104,11 +104,11 @@ def _generate(
     cached under $EVO_HOME/data (held-out splits mode 0600, readable by the trainer only)."""
     name = _file_name(args, prefix)
     public = os.environ.get(PUBLIC_DATA_ENV, "")
-    path = Path(public) / name if public and not held_out else cache_dir() / name
-    if not path.exists():
+    path = Path(public) / name
+    if held_out or not public or not path.exists():
         path = cache_dir() / name
-    if not path.exists():
-        _make(args, path, 0o600 if held_out else 0o644)
+        if not path.exists():
+            _make(args, path, 0o600 if held_out else 0o644)
     with np.load(path, allow_pickle=False) as d:
         return (
             d["x"].astype(np.float32),
