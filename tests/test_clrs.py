@@ -7,27 +7,22 @@ evaluation takes seconds; the benchmark (bench/clrs_baseline.py) runs the real s
 
 import json
 import os
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
-from evo.v1 import lineage_pb2_grpc as pb_grpc
 from evo.v1 import trainer_pb2
 
 from controller import config as search_config
 from evo_cli.main import main
-from services.lineage import server as lineage_server
-from services.lineage.rdb import RDBStorage
 from services.trainer import clrs_lib, tasks
 from services.trainer import server as trainer_server
 from services.trainer.sandbox.base import GIB, Limits
-from tests.test_search import Stack, check_lineage, proposer, run  # noqa: F401 - fixture
+from tests.test_search import Stack, check_lineage, proposer, run, serving  # noqa: F401 - fixture
 
 if not tasks.clrs_available():
     if os.environ.get("CI") == "true":
@@ -276,25 +271,10 @@ def test_a_pytorch_program_is_refused_for_a_jax_task(trainer: trainer_server.Tra
 
 @pytest.fixture
 def clrs_stack(tmp_path: Path) -> Iterator[Stack]:
-    storage = RDBStorage(f"sqlite:///{tmp_path / 'lineage.db'}")
-    lineage = lineage_server.start(storage, "127.0.0.1", 0)
-    trainer = trainer_server.Trainer(
-        trainer_server.TrainerConfig(
-            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=300, memory_bytes=4 * GIB)
-        )
-    )
-    service = trainer_server.start(trainer, "127.0.0.1", 0)
-    with grpc.insecure_channel(f"127.0.0.1:{lineage.port}") as channel:
-        yield Stack(
-            f"127.0.0.1:{lineage.port}",
-            f"127.0.0.1:{service.port}",
-            pb_grpc.LineageStub(channel),
-            Counter(),
-        )
-    service.stop(grace=1)
-    trainer.close()
-    lineage.stop(grace=1)
-    storage.close()
+    limits = Limits(wall_seconds=300, memory_bytes=4 * GIB)
+    config = trainer_server.TrainerConfig(backend="bwrap", slots=1, warm=1, limits=limits)
+    with serving(tmp_path, config) as running:
+        yield running
 
 
 @pytest.mark.timeout(1800)  # six JAX compilations: minutes when the machine is loaded

@@ -13,9 +13,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -49,36 +51,52 @@ class Stack:
     requests: Counter[str]
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    """The lineage store and a bwrap trainer, each a real gRPC server on a free port."""
+@contextmanager
+def serving(
+    tmp_path: Path,
+    config: trainer_server.TrainerConfig,
+    wrap: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+    requests: Counter[str] | None = None,
+) -> Iterator[Stack]:
+    """The lineage store (SQLite under tmp_path) and a trainer, each a real gRPC server on a
+    free port; `wrap` may replace the trainer's Evaluate (to count or alter its replies)."""
     storage = RDBStorage(f"sqlite:///{tmp_path / 'lineage.db'}")
     lineage = lineage_server.start(storage, "127.0.0.1", 0)
-    trainer = trainer_server.Trainer(
-        trainer_server.TrainerConfig(
-            backend="bwrap", slots=1, warm=1, limits=Limits(wall_seconds=60, memory_bytes=2 * GIB)
-        )
-    )
-    requests: Counter[str] = Counter()
-    evaluate = trainer.evaluate
-
-    def counted(request, *args, **kwargs):  # type: ignore[no-untyped-def]
-        requests[request.request_id] += 1
-        return evaluate(request, *args, **kwargs)
-
-    trainer.evaluate = counted  # type: ignore[method-assign]
+    trainer = trainer_server.Trainer(config)
+    if wrap is not None:
+        trainer.evaluate = wrap(trainer.evaluate)  # type: ignore[method-assign]
     service = trainer_server.start(trainer, "127.0.0.1", 0)
-    with grpc.insecure_channel(f"127.0.0.1:{lineage.port}") as channel:
-        yield Stack(
-            f"127.0.0.1:{lineage.port}",
-            f"127.0.0.1:{service.port}",
-            pb_grpc.LineageStub(channel),
-            requests,
-        )
-    service.stop(grace=1)
-    trainer.close()
-    lineage.stop(grace=1)
-    storage.close()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{lineage.port}") as channel:
+            yield Stack(
+                f"127.0.0.1:{lineage.port}",
+                f"127.0.0.1:{service.port}",
+                pb_grpc.LineageStub(channel),
+                Counter() if requests is None else requests,
+            )
+    finally:
+        service.stop(grace=1)
+        trainer.close()
+        lineage.stop(grace=1)
+        storage.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """The lineage store and a bwrap trainer that counts the evaluations of each request."""
+    requests: Counter[str] = Counter()
+
+    def counted(evaluate: Callable[..., Any]) -> Callable[..., Any]:
+        def count(request, *args, **kwargs):  # type: ignore[no-untyped-def]
+            requests[request.request_id] += 1
+            return evaluate(request, *args, **kwargs)
+
+        return count
+
+    limits = Limits(wall_seconds=60, memory_bytes=2 * GIB)
+    config = trainer_server.TrainerConfig(backend="bwrap", slots=1, warm=1, limits=limits)
+    with serving(tmp_path, config, counted, requests) as running:
+        yield running
 
 
 @pytest.fixture

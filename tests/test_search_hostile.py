@@ -8,23 +8,19 @@ good): the store refuses its record, and the search must record it failed and go
 """
 
 import math
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import grpc
 import pytest
 from evo.v1 import common_pb2 as common
 from evo.v1 import lineage_pb2 as pb
-from evo.v1 import lineage_pb2_grpc as pb_grpc
 from evo.v1 import trainer_pb2
 
 from controller.clients import Trainers
-from services.lineage import server as lineage_server
-from services.lineage.rdb import RDBStorage
 from services.trainer import server as trainer_server
 from services.trainer.sandbox.base import GIB, Limits
-from tests.test_search import Stack, check_lineage, make_config, run
+from tests.test_search import Stack, check_lineage, make_config, run, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "hostile"
@@ -68,30 +64,20 @@ def with_hostile_seeds(
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """The lineage store and a bwrap trainer as real gRPC servers; the trainer reports a
     NaN training time for the marked program, as a trainer without finite checks did."""
-    storage = RDBStorage(f"sqlite:///{tmp_path / 'lineage.db'}")
-    lineage = lineage_server.start(storage, "127.0.0.1", 0)
+
+    def nan_for_the_marked(evaluate: Callable[..., Any]) -> Callable[..., Any]:
+        def reply_nan(request, *args, **kwargs):  # type: ignore[no-untyped-def]
+            reply = evaluate(request, *args, **kwargs)
+            if NAN_MARKER in request.program.code:
+                reply.metrics.train_seconds = math.nan
+            return reply
+
+        return reply_nan
+
     limits = Limits(wall_seconds=60, memory_bytes=2 * GIB)
-    trainer = trainer_server.Trainer(trainer_server.TrainerConfig(backend="bwrap", limits=limits))
-    evaluate = trainer.evaluate
-
-    def nan_for_the_marked(request, *args, **kwargs):  # type: ignore[no-untyped-def]
-        reply = evaluate(request, *args, **kwargs)
-        if NAN_MARKER in request.program.code:
-            reply.metrics.train_seconds = math.nan
-        return reply
-
-    trainer.evaluate = nan_for_the_marked  # type: ignore[method-assign]
-    service = trainer_server.start(trainer, "127.0.0.1", 0)
-    with grpc.insecure_channel(f"127.0.0.1:{lineage.port}") as channel:
-        yield Stack(
-            f"127.0.0.1:{lineage.port}",
-            f"127.0.0.1:{service.port}",
-            pb_grpc.LineageStub(channel),
-            Counter(),
-        )
-    service.stop(grace=1)
-    trainer.close()
-    lineage.stop(grace=1)
+    config = trainer_server.TrainerConfig(backend="bwrap", limits=limits)
+    with serving(tmp_path, config, nan_for_the_marked) as running:
+        yield running
 
 
 def test_a_search_with_hostile_children_runs_to_its_end(
