@@ -32,3 +32,19 @@ def storage(db_url: str) -> Iterator[RDBStorage]:
     store = RDBStorage(db_url)
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def lltokenizer():  # type: ignore[no-untyped-def]
+    """llguidance's view of the embedded model's vocabulary, through llama.cpp."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import llguidance.llamacpp
+
+    from services.proposer import model_files
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(model_files.default_gguf()).encode(), params)
+    assert model
+    yield llguidance.llamacpp.lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(model))
+    llama_cpp.llama_model_free(model)

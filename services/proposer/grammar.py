@@ -18,6 +18,13 @@ the phase's tokens again. So no statement can read a name a statement before it 
 assign: `channels * 5` before `channels = 25` cannot be sampled, nor `self.hidden` read
 in `__init__` before it is set.
 
+Statement checks. A grammar with a `//! check:` directive (services.proposer.meta_check)
+is also checked statement by statement where the backend can rewind a sequence
+(`Constraint(check_statements=True)`, the llamacpp backend): each complete statement is
+interpreted on meta tensors after those before it, and one that cannot run (a size that
+does not fit, an int called as a layer, the wrong output shape) is taken back, tokens and
+all, and sampled again, a few times at most; then it is kept and the trainer judges it.
+
 `parse_error` checks a finished text with Lark (pure Python): the controller uses it to
 refuse, at search start, a grammar that rejects one of the task's seeds.
 """
@@ -28,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from services.proposer import meta_check
 
 PHASE_RULES = ("phase1", "phase2", "defined_attr")
 # The rules narrowed statement by statement, by phase: attributes and locals read in
@@ -45,6 +54,14 @@ _ASSIGNED_ATTR = re.compile(r"^\s*self\.([A-Za-z_][A-Za-z0-9_]*)\s*=[^=]", re.MU
 # A statement's targets: `self.name = `, `name = ` or `a, b = `.
 _TARGETS = re.compile(r"^\s*(self\.)?([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=(?!=)")
 _DOCSTRING = re.compile(r'"""[^"]*(?:"""|$)')
+# How often one statement, and one sequence in all, may be taken back and sampled again.
+# A statement that fails twice may be the victim of the one before it (`x.view(-1, 40, 1)`
+# before a GRU of input size 4): its next two failures take that one back too.
+RETRIES_PER_STATEMENT = 6
+RETRIES_ALONE = 3
+RETRIES_PER_SEQUENCE = 24
+# Layers whose input size may be set to what forward gives them, per sequence.
+FIXES_PER_SEQUENCE = 8
 
 
 class GrammarError(ValueError):
@@ -162,10 +179,11 @@ class Compiled:
 
     text: str
     phases: int
+    check: meta_check.Spec | None = None  # the grammar's `//! check:` directive
 
     @classmethod
     def of(cls, text: str) -> "Compiled":
-        return cls(text, 2 if two_phase(text) else 1)
+        return cls(text, 2 if two_phase(text) else 1, meta_check.Spec.of_grammar(text))
 
 
 class Constraint:
@@ -174,9 +192,14 @@ class Constraint:
     Feed it every token the sequence gets (`consume`); ask `allowed` for the next token's
     mask and `forced` for tokens the grammar leaves no choice about (no need to sample
     them). `done` once the grammar is complete; `error` says why it broke, if it did.
+
+    With `check_statements` (and a grammar that asks for checks), a statement that cannot
+    run is taken back as soon as it is complete: after `consume`, `take_rewind()` says how
+    many of the sequence's last tokens to drop (0: none), and the constraint's state is
+    already that of the shorter sequence.
     """
 
-    def __init__(self, compiled: Compiled, tokenizer: Any) -> None:
+    def __init__(self, compiled: Compiled, tokenizer: Any, check_statements: bool = False) -> None:
         self.compiled = compiled
         self.tokenizer = tokenizer
         self.phase = 1
@@ -191,6 +214,24 @@ class Constraint:
         self.matcher = self._matcher(scoped(self.phase_grammar, 1, self.names))
         self.words = (tokenizer.vocab_size + 31) // 32
         self._mask = np.zeros(self.words, dtype=np.int32)
+        # Statement checks: the phase's statement ends (its token count when each was
+        # complete), how many passed, phase 1's statements, and what was taken back.
+        self.checks = compiled.check if check_statements and compiled.phases == 2 else None
+        self.ends: list[int] = []
+        self.checked = 0
+        self.init_statements: list[str] = []
+        self.phase1_tokens: list[int] = []  # kept to go back into __init__ from forward
+        self.phase1_ends: list[int] = []
+        self.retries: dict[tuple[int, int], int] = {}
+        self.rejected: list[str] = []  # why each statement taken back could not run
+        self.kept_failing = 0  # statements kept although they failed (retries spent)
+        self.retrying = False  # between a statement taken back and the next that runs
+        self._rewind = 0
+        # Size fixes made (attribute, position, size), and the text they force: the rest of
+        # __init__, then forward as it was.
+        self.fixes: list[tuple[str, int | None, int]] = []
+        self.queue: list[int] = []
+        self.queue_forward: list[int] = []
 
     def _matcher(self, text: str) -> Any:
         import llguidance
@@ -207,7 +248,11 @@ class Constraint:
         if self.phase == 1 and self.compiled.phases == 2 and stopped:
             done = self.tokenizer.decode_str(self.phase_tokens)
             self.phase_grammar = phase2(self.compiled.text, done)
+            self.phase1_tokens, self.phase1_ends = self.phase_tokens, self.ends
             self.phase, self.phase_tokens, self.phase_text = 2, [], bytearray()
+            self.init_statements = complete_statements(done)
+            self.ends, self.checked = [], 0
+            self.queue, self.queue_forward = self.queue_forward, []
             self.names = scope(2, "") if self.scoped else {}
             self.matcher = self._matcher(scoped(self.phase_grammar, 2, self.names))
 
@@ -222,6 +267,129 @@ class Constraint:
         if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
             raise GrammarError(f"the narrowed grammar refused its prefix: {matcher.get_error()}")
         self.names, self.matcher = names, matcher
+
+    def _check_statements(self) -> None:
+        """Check the statements completed since the last check; take back one that fails."""
+        assert self.checks is not None
+        statements = complete_statements(self.phase_text.decode("utf-8", "replace"))
+        self.ends += [len(self.phase_tokens)] * (len(statements) - len(self.ends))
+        if len(statements) <= self.checked:
+            return
+        init, forward = (statements, []) if self.phase == 1 else (self.init_statements, statements)
+        offset = 0 if self.phase == 1 else len(self.init_statements)
+        verdict = meta_check.check(self.checks, init, forward, first_new=offset + self.checked)
+        index = verdict.statement - offset
+        tries = self.retries.get((self.phase, index), 0) + 1
+        if (
+            verdict.ok
+            or tries > RETRIES_PER_STATEMENT
+            or len(self.rejected) >= RETRIES_PER_SEQUENCE
+        ):
+            self.kept_failing += not verdict.ok
+            self.checked = len(statements)
+            self.retrying = False
+            return
+        self.retries[(self.phase, index)] = tries
+        self.rejected.append(verdict.reason)
+        if self.phase == 2 and verdict.fix is not None and self._fix_size(verdict.fix):
+            return
+        if tries > RETRIES_ALONE and self.phase == 2 and self._rebuild_layer(statements[index]):
+            return
+        # Back to the last token that ended a statement before it (or before the one before
+        # it), never into the phase's fixed lines (`def ...`, `super().__init__()`).
+        back = index - (tries > RETRIES_ALONE and index - 1 > self.first_free)
+        keep = max((end for end in self.ends[:back] if end < self.ends[index]), default=0)
+        self._rewind += len(self.phase_tokens) - keep
+        self._restart(self.phase_tokens[:keep])
+        self.retrying = True
+
+    def _rebuild_layer(self, statement: str) -> bool:
+        """Back into `__init__`, to the statement that assigned a layer `statement` uses
+        (the last such one): a GRU built for inputs of 4 fails in every `forward` that views
+        the batch as steps of 1. False when there is none, or it was rebuilt enough."""
+        used = set(re.findall(r"self\.([A-Za-z_]\w*)", statement))
+        assigned = [
+            i
+            for i, s in enumerate(self.init_statements)
+            if (m := _TARGETS.match(s)) and m.group(1) and m.group(2).strip() in used
+        ]
+        if not assigned or self.retries.get((1, assigned[-1]), 0) >= RETRIES_ALONE:
+            return False
+        index = assigned[-1]
+        self.retries[(1, index)] = self.retries.get((1, index), 0) + 1
+        keep = max((e for e in self.phase1_ends[:index] if e < self.phase1_ends[index]), default=0)
+        self._rewind += len(self.phase_tokens) + len(self.phase1_tokens) - keep
+        self.phase, self.phase_grammar = 1, phase1(self.compiled.text)
+        self.ends, self.checked = list(self.phase1_ends), len(self.phase1_ends)
+        self._restart(self.phase1_tokens[:keep])
+        self.retrying = True
+        return True
+
+    def _fix_size(self, fix: meta_check.SizeFix) -> bool:
+        """Write the layer `fix` names again with the input size it is given, and the text
+        after it as it was: back into `__init__` to that statement, then the patched text
+        as forced tokens (`forced`). False where the statement cannot be patched, or this
+        fix was made once already."""
+        key = (fix.attribute, fix.position, fix.size)
+        assigned = [
+            i
+            for i, s in enumerate(self.init_statements)
+            if (m := _TARGETS.match(s)) and m.group(1) and m.group(2).strip() == fix.attribute
+        ]
+        if key in self.fixes or len(self.fixes) >= FIXES_PER_SEQUENCE or not assigned:
+            return False
+        index = assigned[-1]
+        statement = self.init_statements[index]
+        patched = meta_check.patch_statement(statement, fix)
+        init_text = self.tokenizer.decode_str(self.phase1_tokens)
+        at = init_text.rfind(statement)
+        keep = max((e for e in self.phase1_ends[:index] if e < self.phase1_ends[index]), default=0)
+        kept = self.tokenizer.decode_str(self.phase1_tokens[:keep])
+        if patched is None or at < 0:
+            return False
+        rewritten = init_text[:at] + patched + init_text[at + len(statement) :]
+        if not rewritten.startswith(kept):  # (a token may hold the statement's indent)
+            return False
+        init_rest = rewritten[len(kept) :]
+        forward_text = self.phase_text.decode("utf-8", "replace")
+        self.fixes.append(key)
+        self._rewind += len(self.phase_tokens) + len(self.phase1_tokens) - keep
+        self.phase, self.phase_grammar = 1, phase1(self.compiled.text)
+        self.ends, self.checked = list(self.phase1_ends), len(self.phase1_ends)
+        self._restart(self.phase1_tokens[:keep])
+        self.queue = list(self.tokenizer.tokenize_str(init_rest))
+        self.queue_forward = list(self.tokenizer.tokenize_str(forward_text))
+        return True
+
+    @property
+    def first_free(self) -> int:
+        """The index of the phase's last fixed line: the statements a child writes follow."""
+        if self.phase == 2:
+            return 0  # the blank line before forward's body
+        statements = complete_statements(self.phase_text.decode("utf-8", "replace"))
+        fixed = [i for i, s in enumerate(statements) if s.strip() == "super().__init__()"]
+        return fixed[0] if fixed else len(statements)
+
+    def _restart(self, tokens: list[int]) -> None:
+        """The phase's state after `tokens` only: a new matcher given them again."""
+        self.queue, self.queue_forward = [], []
+        self.phase_tokens = list(tokens)
+        self.phase_text = bytearray(self.tokenizer.decode_bytes(self.phase_tokens))
+        statements = complete_statements(self.phase_text.decode("utf-8", "replace"))
+        self.ends = self.ends[: len(statements)]
+        self.checked = min(self.checked, len(statements))
+        self.names = (
+            scope(self.phase, self.phase_text.decode("utf-8", "replace")) if self.scoped else {}
+        )
+        matcher = self._matcher(scoped(self.phase_grammar, self.phase, self.names))
+        if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
+            raise GrammarError(f"the grammar refused a statement's prefix: {matcher.get_error()}")
+        self.matcher = matcher
+
+    def take_rewind(self) -> int:
+        """How many of the sequence's last tokens were taken back since the last call."""
+        rewind, self._rewind = self._rewind, 0
+        return rewind
 
     @property
     def done(self) -> bool:
@@ -240,16 +408,25 @@ class Constraint:
         return bits[: self.tokenizer.vocab_size].astype(bool)
 
     def forced(self) -> list[int]:
-        """Tokens the grammar allows one way only from here (fast-forward)."""
-        return list(self.matcher.compute_ff_tokens())
+        """Tokens the grammar allows one way only from here (fast-forward), or the text a
+        size fix writes again."""
+        return self.queue[:] if self.queue else list(self.matcher.compute_ff_tokens())
 
     def consume(self, token: int) -> None:
+        if self.queue:  # the forced text, unless the caller chose another token
+            if token == self.queue[0]:
+                self.queue.pop(0)
+            else:
+                self.queue, self.queue_forward = [], []
         self.matcher.consume_token(token)
         self.phase_tokens.append(token)
         phase = self.phase
         self._advance_phase()
-        if self.scoped and phase == self.phase:  # the phase's text, for its scope only
+        if (self.scoped or self.checks) and phase == self.phase:  # the phase's text
             piece = self.tokenizer.decode_bytes([token])
             self.phase_text += piece
             if b"\n" in piece and not self.matcher.is_error():
-                self._narrow_scope()
+                if self.scoped:
+                    self._narrow_scope()
+                if self.checks is not None:
+                    self._check_statements()

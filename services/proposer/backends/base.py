@@ -64,6 +64,9 @@ class Completion:
     latency_seconds: float
     # "length", "stop_sequence" or "eos_token" (TGI's names).
     finish_reason: str
+    # Statements taken back and sampled again because they could not run (grammar.Constraint
+    # with statement checks); their tokens are counted in completion_tokens.
+    statements_retried: int = 0
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,11 @@ from services.proposer.backends.base import (
 MAX_PARALLEL = 16
 # The KV cache holds the prompt once plus every sequence's new tokens.
 CONTEXT_TOKENS = 16384
+# A sequence whose statements are taken back stops after this many times max_new_tokens.
+REWIND_BUDGET = 3
+# A statement sampled again after one that could not run is drawn at this temperature at
+# least: at 0.2 the model writes the same failing statement again.
+RETRY_TEMPERATURE = 0.8
 
 
 def default_threads() -> int:
@@ -64,7 +69,8 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
     finish: str = ""
-    row: int = -1  # its logits' row in the last decoded batch
+    row: int = -1  # its logits' row in the batch being decoded
+    decoded: int = 0  # tokens sampled or forced, those taken back included
 
 
 class LlamaCppBackend(Backend):
@@ -212,7 +218,7 @@ class LlamaCppBackend(Backend):
         constraint = None
         if compiled is not None:
             try:
-                constraint = grammar.Constraint(compiled, self.lltokenizer())
+                constraint = grammar.Constraint(compiled, self.lltokenizer(), check_statements=True)
             except grammar.GrammarError as e:
                 raise InvalidRequest(str(e)) from e
         return _Sequence(index, np.random.default_rng(seed), constraint)
@@ -263,7 +269,6 @@ class LlamaCppBackend(Backend):
         for k in range(1, len(seqs)):
             ll.llama_memory_seq_cp(self.memory, 0, k, -1, -1)
         prompt_logits = self._logits(-1)
-        positions = [pos] * len(seqs)
         logits: dict[int, np.ndarray] = {k: prompt_logits for k in range(len(seqs))}
         batch = ll.llama_batch_init(len(seqs) * 64, 0, len(seqs))
         try:
@@ -276,21 +281,32 @@ class LlamaCppBackend(Backend):
                     return
                 n = 0
                 for k in active:
-                    new = self._next_tokens(seqs[k], logits[k], sampling)
-                    if seqs[k].finish:
+                    s = seqs[k]
+                    cached = len(s.tokens)  # the sequence's tokens in the KV cache
+                    self._next_tokens(s, logits[k], sampling)
+                    if s.finish:
                         continue
-                    for i, token in enumerate(new):
-                        if n == len(seqs) * 64:
-                            break
-                        self._set(batch, n, token, positions[k], k, i == len(new) - 1)
-                        seqs[k].row = n
-                        positions[k] += 1
+                    if len(s.tokens) <= cached:  # a statement was taken back
+                        # Keep the cache up to the last kept token's position; that token
+                        # is decoded again below for the logits after it.
+                        first = max(len(s.tokens) - 1, 0)
+                        ll.llama_memory_seq_rm(self.memory, k, pos + first, -1)
+                        if not s.tokens:  # back to the prompt itself
+                            logits[k] = prompt_logits
+                            continue
+                        cached = first
+                    for i in range(cached, min(len(s.tokens), cached + 64)):
+                        self._set(batch, n, s.tokens[i], pos + i, k, i == len(s.tokens) - 1)
+                        s.row = n
                         n += 1
                 if n == 0:
                     continue
                 batch.n_tokens = n
                 self._decode(batch)
-                logits = {k: self._logits(s.row) for k, s in enumerate(seqs) if not s.finish}
+                fresh = [k for k in active if not seqs[k].finish and seqs[k].row >= 0]
+                logits.update({k: self._logits(seqs[k].row) for k in fresh})
+                for k in fresh:
+                    seqs[k].row = -1
         finally:
             ll.llama_batch_free(batch)
 
@@ -306,8 +322,9 @@ class LlamaCppBackend(Backend):
         pointer = self.ll.llama_get_logits_ith(self.ctx, row)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def _next_tokens(self, s: _Sequence, logits: np.ndarray, sampling: Sampling) -> list[int]:
-        """The sequence's next token(s), or none with `s.finish` set when it has ended."""
+    def _next_tokens(self, s: _Sequence, logits: np.ndarray, sampling: Sampling) -> None:
+        """Append the sequence's next token(s) to `s.tokens`, or set `s.finish` when it has
+        ended. A statement its constraint takes back shortens `s.tokens` instead."""
         c = s.constraint
         # At most 64 forced tokens a step (the batch's room); the rest come next step.
         new = c.forced()[:64] if c is not None else []
@@ -315,31 +332,38 @@ class LlamaCppBackend(Backend):
             allowed = c.allowed() if c is not None else None
             if allowed is not None and not allowed.any():
                 s.finish = "eos_token"  # the grammar is complete
-                return []
-            new = [sample(logits, allowed, sampling.temperature, sampling.top_p, s.rng)]
-        taken: list[int] = []
+                return
+            temperature = sampling.temperature
+            if c is not None and c.retrying:  # not the statement that just failed again
+                temperature = max(temperature, RETRY_TEMPERATURE)
+            new = [sample(logits, allowed, temperature, sampling.top_p, s.rng)]
         for token in new:
             if self.ll.llama_vocab_is_eog(self.vocab, token):
                 s.finish = "eos_token"
-                break
+                return
+            s.decoded += 1
+            s.tokens.append(token)
+            s.text += self.pieces[token]
             if c is not None:
                 c.consume(token)
                 if c.error:
                     s.finish = "grammar_error"
-                    break
-            s.tokens.append(token)
-            s.text += self.pieces[token]
-            taken.append(token)
-            if c is not None and c.done:
-                s.finish = "eos_token"
-                break
+                    return
+                if rewind := c.take_rewind():
+                    del s.tokens[-rewind:]
+                    s.text = bytearray(b"".join(self.pieces[t] for t in s.tokens))
+                    if s.decoded >= REWIND_BUDGET * sampling.max_new_tokens:
+                        s.finish = "length"
+                    return
+                if c.done:
+                    s.finish = "eos_token"
+                    return
             if _stopped(s.text, sampling.stop):
                 s.finish = "stop_sequence"
-                break
+                return
             if len(s.tokens) >= sampling.max_new_tokens:
                 s.finish = "length"
-                break
-        return [] if s.finish else taken
+                return
 
     def _completion(
         self, s: _Sequence, prompt_tokens: int, latency: float, sampling: Sampling
@@ -349,7 +373,8 @@ class LlamaCppBackend(Backend):
             if stop and stop in text:
                 text = text[: text.index(stop)]
         reason = s.finish if s.finish in ("length", "stop_sequence", "eos_token") else "length"
-        return Completion(text, prompt_tokens, len(s.tokens), latency, reason)
+        retried = len(s.constraint.rejected) if s.constraint is not None else 0
+        return Completion(text, prompt_tokens, s.decoded, latency, reason, retried)
 
     def train_soft_prompt(self, examples: list[str], settings: TuneSettings) -> TuneResult:
         """Trained by transformers on the same weights, loaded on first use (about 1 s from

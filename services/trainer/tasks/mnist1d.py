@@ -48,7 +48,7 @@ class Mnist1d(Task):
     # The paper: AdamW, lr 0.01, batch 128, 8,000 steps.
     recipe = Recipe(learning_rate=0.01, batch_size=128, default_steps=8000)
     seed_package = "services.trainer.tasks.seeds.mnist1d"
-    grammar_version = "mnist1d-pytorch-v2"
+    grammar_version = "mnist1d-pytorch-v3"
     prompt_header = (
         "# Neural networks for MNIST-1D: each takes a float tensor of shape (batch, 40)\n"
         "# and returns logits of shape (batch, 10). Smaller and more accurate is better.\n"
