@@ -2,6 +2,8 @@
 (with the embedded model's own tokens), and the two phases make an attribute that
 `__init__` never assigned impossible in `forward`."""
 
+import importlib.util
+
 import pytest
 from evo.v1 import trainer_pb2
 
@@ -88,17 +90,18 @@ def test_task_info_carries_the_grammar() -> None:
 @pytest.fixture(scope="module")
 def lltokenizer():  # type: ignore[no-untyped-def]
     """llguidance's view of the embedded model's vocabulary, through llama.cpp."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    import llguidance.llamacpp
-
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip("needs xllamacpp (the lm extra): its llama.cpp reads the vocabulary")
     from services.proposer import model_files
+    from services.proposer.backends import llama_c
 
-    params = llama_cpp.llama_model_default_params()
+    lib = llama_c.load()
+    params = lib.llama_model_default_params()
     params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(model_files.default_gguf()).encode(), params)
+    model = lib.llama_model_load_from_file(str(model_files.default_gguf()).encode(), params)
     assert model
-    yield llguidance.llamacpp.lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(model))
-    llama_cpp.llama_model_free(model)
+    yield llama_c.lltokenizer(lib, lib.llama_model_get_vocab(model))
+    lib.llama_model_free(model)
 
 
 @pytest.mark.parametrize("task", [MNIST, clrs_task("dmclrs")], ids=["mnist1d", "clrs-dmclrs"])
