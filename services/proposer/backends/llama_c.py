@@ -299,7 +299,9 @@ class Llama:
             self.llama_model_default_params(), _MODEL_DEFAULTS, "llama_model_default_params"
         )
 
-    def __getattr__(self, name: str) -> Any:  # the declared functions, for type checkers
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for names __init__ did not set: a function used but not declared.
+        (Also what lets type checkers accept `lib.llama_decode` and the others.)"""
         raise AttributeError(f"{name} is not declared in {__name__} (add it to _FUNCTIONS)")
 
     def quiet(self) -> None:
