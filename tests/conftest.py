@@ -1,5 +1,6 @@
 """Shared fixtures: every store test runs against SQLite and a live PostgreSQL."""
 
+import importlib.util
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,14 +38,15 @@ def storage(db_url: str) -> Iterator[RDBStorage]:
 @pytest.fixture(scope="session")
 def lltokenizer():  # type: ignore[no-untyped-def]
     """llguidance's view of the embedded model's vocabulary, through llama.cpp."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    import llguidance.llamacpp
-
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip("needs xllamacpp (the lm extra): its llama.cpp reads the vocabulary")
     from services.proposer import model_files
+    from services.proposer.backends import llama_c
 
-    params = llama_cpp.llama_model_default_params()
+    lib = llama_c.load()
+    params = lib.llama_model_default_params()
     params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(model_files.default_gguf()).encode(), params)
+    model = lib.llama_model_load_from_file(str(model_files.default_gguf()).encode(), params)
     assert model
-    yield llguidance.llamacpp.lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(model))
-    llama_cpp.llama_model_free(model)
+    yield llama_c.lltokenizer(lib, lib.llama_model_get_vocab(model))
+    lib.llama_model_free(model)

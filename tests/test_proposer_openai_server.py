@@ -2,8 +2,9 @@
 (xllamacpp's prebuilt wheel, built with llguidance) on the embedded GGUF, constrained and
 free, and through the Proposer service where the server takes no grammar.
 
-llama-cpp-python's server (`python -m llama_cpp.server`) is not used: it takes GBNF
-grammars only, not the task's Lark grammar."""
+The same wheel's library is what the llamacpp backend calls in process (through
+services/proposer/backends/llama_c.py); here it serves over HTTP, taking the task's Lark
+grammar as llguidance does."""
 
 from collections.abc import Iterator
 

@@ -7,15 +7,17 @@
 #   EVO_BASE_IMAGE=evo-base:test EVO_DEBIAN_MIRROR=http://mirror/debian images/base/build-base.sh
 #
 # The root holds python3 (Debian's 3.11), bubblewrap and libseccomp2 (the trainer's
-# sandbox; util-linux, already essential, brings setpriv and prlimit) and CA
-# certificates. No compiler, no pip: the images' build stages bring pip as a wheel.
+# sandbox; util-linux, already essential, brings setpriv and prlimit), libgomp1 (OpenMP,
+# which the llama.cpp library in the xllamacpp wheel links against: the lm image's llamacpp
+# backend) and CA certificates. No compiler, no pip: the images' build stages bring pip as
+# a wheel.
 set -euo pipefail
 SCRIPT=$(readlink -f "$0")
 
 IMAGE=${EVO_BASE_IMAGE:-evo-base:bookworm}
 SUITE=bookworm
 MIRROR=${EVO_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=python3,bubblewrap,libseccomp2,ca-certificates
+PACKAGES=python3,bubblewrap,libseccomp2,libgomp1,ca-certificates
 
 die() {
     echo "build-base: $*" >&2

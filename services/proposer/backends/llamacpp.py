@@ -12,6 +12,9 @@ here, in numpy, so the task's grammar can mask each sequence's logits
 Soft prompts are trained with transformers on the same GGUF weights (an hf backend loaded
 on the first TrainSoftPrompt, sharing the adapter store) and sampled here: llama.cpp takes
 them as input embeddings (`llama_batch.embd`), so tuned sampling is as fast as untuned.
+
+llama.cpp itself is the library inside the xllamacpp wheel, called through our own ctypes
+binding (llama_c.py: why, and which llama.h it follows).
 """
 
 import ctypes
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from services.proposer import grammar, model_files, prompt_tuning
+from services.proposer.backends import llama_c
 from services.proposer.backends.base import (
     Backend,
     BackendError,
@@ -82,10 +86,7 @@ class LlamaCppBackend(Backend):
         adapter_dir: Path | None = None,
         threads: int | None = None,
     ) -> None:
-        import llama_cpp
-
-        self.ll = llama_cpp
-        _quiet(llama_cpp)
+        self.ll = ll = llama_c.load()
         self.model_arg, self.adapter_dir = model, adapter_dir
         path = Path(model).expanduser() if model else model_files.default_gguf()
         if path.suffix != ".gguf":
@@ -98,32 +99,32 @@ class LlamaCppBackend(Backend):
                 f"--model {path}: no such .gguf file (models load offline; download one first)"
             )
         self.model_id = model_files.DEFAULT_MODEL_ID if not model else path.name
-        llama_cpp.llama_backend_init()
-        params = llama_cpp.llama_model_default_params()
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        params = ll.llama_model_default_params()
+        self.model = ll.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise ValueError(
                 f"llama.cpp cannot load {path}: not a GGUF model file this llama.cpp reads "
-                "(a truncated download, or an architecture newer than the installed "
-                "llama-cpp-python); try --backend hf, which reads GGUF through transformers"
+                "(a truncated download, or an architecture newer than the llama.cpp in "
+                f"xllamacpp {llama_c.XLLAMACPP_VERSION}); try --backend hf, which reads GGUF "
+                "through transformers"
             )
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
-        self.max_context = int(llama_cpp.llama_model_n_ctx_train(self.model)) or 2048
-        ctx_params = llama_cpp.llama_context_default_params()
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = ll.llama_model_n_embd(self.model)
+        self.max_context = int(ll.llama_model_n_ctx_train(self.model)) or 2048
+        ctx_params = ll.llama_context_default_params()
         ctx_params.n_ctx = CONTEXT_TOKENS
         ctx_params.n_batch = max(512, MAX_PARALLEL * 64)
         ctx_params.n_ubatch = 512
         ctx_params.n_seq_max = MAX_PARALLEL
         ctx_params.kv_unified = True  # the n sequences share the prompt's cache cells
         ctx_params.n_threads = ctx_params.n_threads_batch = threads or default_threads()
-        self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        self.ctx = ll.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
             raise BackendError(f"llama.cpp could not make a context for {path}")
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.memory = ll.llama_get_memory(self.ctx)
         self.pieces = [self._piece(t) for t in range(self.n_vocab)]
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self.vocab))
         self.store = prompt_tuning.AdapterStore(adapter_dir)
         self._lltokenizer = None
         self._tuner: Backend | None = None
@@ -139,7 +140,7 @@ class LlamaCppBackend(Backend):
     def tokenize(self, text: str) -> list[int]:
         data = text.encode()
         room = len(data) + 16
-        out = (self.ll.llama_token * room)()
+        out = (llama_c.llama_token * room)()
         n = self.ll.llama_tokenize(self.vocab, data, len(data), out, room, self.add_bos, True)
         if n < 0:
             raise InvalidRequest(f"the prompt does not tokenize ({n})")
@@ -148,9 +149,7 @@ class LlamaCppBackend(Backend):
     def lltokenizer(self):  # type: ignore[no-untyped-def]
         """llguidance's view of this vocabulary, built once (about a second)."""
         if self._lltokenizer is None:
-            import llguidance.llamacpp
-
-            self._lltokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self.vocab)
+            self._lltokenizer = llama_c.lltokenizer(self.ll, self.vocab)
         return self._lltokenizer
 
     # ------------------------------------------------------------ the service's view
@@ -225,7 +224,7 @@ class LlamaCppBackend(Backend):
 
     # ------------------------------------------------------------ decoding
 
-    def _decode(self, batch) -> None:  # type: ignore[no-untyped-def]
+    def _decode(self, batch: llama_c.LlamaBatch) -> None:
         code = self.ll.llama_decode(self.ctx, batch)
         if code != 0:
             raise BackendError(f"llama_decode failed ({code}): the KV cache is full or the "
@@ -310,7 +309,9 @@ class LlamaCppBackend(Backend):
         finally:
             ll.llama_batch_free(batch)
 
-    def _set(self, batch, i: int, token: int | None, pos: int, seq: int, logits: bool) -> None:  # type: ignore[no-untyped-def]
+    def _set(
+        self, batch: llama_c.LlamaBatch, i: int, token: int | None, pos: int, seq: int, logits: bool
+    ) -> None:
         if token is not None:
             batch.token[i] = token
         batch.pos[i] = pos
@@ -396,23 +397,6 @@ class LlamaCppBackend(Backend):
         if getattr(self, "model", None):
             self.ll.llama_model_free(self.model)
             self.model = None
-
-
-_LOG_CALLBACK = None
-GGML_LOG_LEVEL_ERROR = 3
-
-
-def _quiet(llama_cpp) -> None:  # type: ignore[no-untyped-def]
-    """llama.cpp logs every tensor it loads to stderr; keep its errors only."""
-    global _LOG_CALLBACK
-    if _LOG_CALLBACK is None:
-
-        def log(level: int, text: bytes, _user: object) -> None:
-            if level == GGML_LOG_LEVEL_ERROR:
-                os.write(2, text)
-
-        _LOG_CALLBACK = llama_cpp.llama_log_callback(log)
-        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
 def _stopped(text: bytearray, stops: tuple[str, ...]) -> bool:
