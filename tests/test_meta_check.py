@@ -148,6 +148,33 @@ def test_a_spec_validates_itself() -> None:
 # ---------------------------------------------------------------- the constraint
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "before"),
+    [
+        # A layer used as a value...
+        ("h, _ = self.rnn(x, h0)", "h = F.relu(self.rnn)", "F.relu(self.rnn"),
+        # ...or a size called as a layer.
+        ("h, _ = self.rnn(x, h0)", "h = self.hidden_size(x)", "self.hidden_size"),
+    ],
+    ids=["layer-as-value", "size-as-layer"],
+)
+def test_forward_calls_layers_and_only_layers(lltokenizer, old: str, new: str, before: str) -> None:  # type: ignore[no-untyped-def]
+    body = dict(completions(MNIST))["gru"]
+    wrong = body.replace(old, new)
+    cut = wrong.index(FORWARD) + len(FORWARD)
+    c = grammar.Constraint(grammar.Compiled.of(MNIST.grammar()), lltokenizer)
+    assert write(c, wrong[:cut], lltokenizer) == 0
+    done: list[int] = []
+    for token in lltokenizer.tokenize_str(wrong[cut:]):
+        if not c.allowed()[token]:
+            break
+        c.consume(token)
+        done.append(token)
+    else:
+        raise AssertionError("the mask took it all")
+    assert lltokenizer.decode_str(done).endswith(before), lltokenizer.decode_str(done)
+
+
 def feed(c: grammar.Constraint, text: str, tok) -> int:  # type: ignore[no-untyped-def]
     """Consume `text` token by token up to the first statement taken back; how many
     tokens were taken back then (0: none, all of `text` consumed)."""
@@ -198,7 +225,7 @@ def test_a_layer_given_the_wrong_input_size_is_written_again_with_the_right_one(
         for token in tokens[:64]:
             c.consume(token)
             assert c.take_rewind() == 0 and not c.error
-    assert c.phase == 2 and c.fixes == [("rnn", None, 1)]
+    assert c.phase == 2 and [f[:3] for f in c.fixes] == [("rnn", None, 1)]
     text = lltokenizer.decode_str(c.phase1_tokens) + bytes(c.phase_text).decode()
     written = body[: body.index("        return ")]
     assert text.rstrip(" ") == written.replace("nn.GRU(4,", "nn.GRU(1,")

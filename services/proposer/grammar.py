@@ -51,6 +51,9 @@ FORWARD_ARGUMENTS = ("x",)
 NOTHING = r"/[^\s\S]/"
 # An attribute assignment in phase 1's text: `self.name = ...`.
 _ASSIGNED_ATTR = re.compile(r"^\s*self\.([A-Za-z_][A-Za-z0-9_]*)\s*=[^=]", re.MULTILINE)
+# An attribute assigned a layer: `self.name = nn....` (the last assignment wins; an
+# attribute assigned both a layer and a size is treated as a layer).
+_ASSIGNED_LAYER = re.compile(r"^\s*self\.([A-Za-z_][A-Za-z0-9_]*)\s*=\s*nn\.", re.MULTILINE)
 # A statement's targets: `self.name = `, `name = ` or `a, b = `.
 _TARGETS = re.compile(r"^\s*(self\.)?([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=(?!=)")
 _DOCSTRING = re.compile(r'"""[^"]*(?:"""|$)')
@@ -97,10 +100,19 @@ def assigned_attributes(phase1_text: str) -> list[str]:
 def phase2(text: str, phase1_text: str) -> str:
     """The grammar of phase 2: `start` is `phase2`, `defined_attr` only the names assigned.
 
-    With no attribute assigned, `forward` may read none: `defined_attr` becomes a name no
-    program assigns, which the sampler can never complete into anything that runs."""
+    A grammar that also defines `defined_module` (v3) splits them: `defined_module` the
+    attributes assigned a layer (`self.conv1 = nn....`), which forward may only call, and
+    `defined_attr` the others (sizes), which it may not. With no attribute assigned,
+    `forward` may read none: `defined_attr` becomes a name no program assigns, which the
+    sampler can never complete into anything that runs."""
     names = assigned_attributes(phase1_text) or ["_no_attribute_was_assigned"]
-    narrowed = _replace_rule(text, "defined_attr", " | ".join(f'"{n}"' for n in names))
+    if defines(text, "defined_module"):
+        layers = set(_ASSIGNED_LAYER.findall(phase1_text))
+        modules = [n for n in names if n in layers]
+        names = [n for n in names if n not in layers]
+        body = " | ".join(f'"{n}"' for n in modules) or NOTHING
+        text = _replace_rule(text, "defined_module", body)
+    narrowed = _replace_rule(text, "defined_attr", " | ".join(f'"{n}"' for n in names) or NOTHING)
     return _replace_rule(narrowed, "start", "phase2")
 
 
@@ -229,7 +241,7 @@ class Constraint:
         self._rewind = 0
         # Size fixes made (attribute, position, size), and the text they force: the rest of
         # __init__, then forward as it was.
-        self.fixes: list[tuple[str, int | None, int]] = []
+        self.fixes: list[tuple[str, int | None, int, str]] = []
         self.queue: list[int] = []
         self.queue_forward: list[int] = []
 
@@ -330,16 +342,19 @@ class Constraint:
         after it as it was: back into `__init__` to that statement, then the patched text
         as forced tokens (`forced`). False where the statement cannot be patched, or this
         fix was made once already."""
-        key = (fix.attribute, fix.position, fix.size)
         assigned = [
             i
             for i, s in enumerate(self.init_statements)
             if (m := _TARGETS.match(s)) and m.group(1) and m.group(2).strip() == fix.attribute
         ]
-        if key in self.fixes or len(self.fixes) >= FIXES_PER_SEQUENCE or not assigned:
+        if len(self.fixes) >= FIXES_PER_SEQUENCE or not assigned:
             return False
         index = assigned[-1]
         statement = self.init_statements[index]
+        # Once per statement as written: a fix that did not help is not made again.
+        key = (fix.attribute, fix.position, fix.size, statement.strip())
+        if key in self.fixes:
+            return False
         patched = meta_check.patch_statement(statement, fix)
         init_text = self.tokenizer.decode_str(self.phase1_tokens)
         at = init_text.rfind(statement)
