@@ -319,21 +319,11 @@ class Constraint:
         """Back into `__init__`, to the statement that assigned a layer `statement` uses
         (the last such one): a GRU built for inputs of 4 fails in every `forward` that views
         the batch as steps of 1. False when there is none, or it was rebuilt enough."""
-        used = set(re.findall(r"self\.([A-Za-z_]\w*)", statement))
-        assigned = [
-            i
-            for i, s in enumerate(self.init_statements)
-            if (m := _TARGETS.match(s)) and m.group(1) and m.group(2).strip() in used
-        ]
-        if not assigned or self.retries.get((1, assigned[-1]), 0) >= RETRIES_ALONE:
+        index = self._assigned_at(set(re.findall(r"self\.([A-Za-z_]\w*)", statement)))
+        if index is None or self.retries.get((1, index), 0) >= RETRIES_ALONE:
             return False
-        index = assigned[-1]
         self.retries[(1, index)] = self.retries.get((1, index), 0) + 1
-        keep = max((e for e in self.phase1_ends[:index] if e < self.phase1_ends[index]), default=0)
-        self._rewind += len(self.phase_tokens) + len(self.phase1_tokens) - keep
-        self.phase, self.phase_grammar = 1, phase1(self.compiled.text)
-        self.ends, self.checked = list(self.phase1_ends), len(self.phase1_ends)
-        self._restart(self.phase1_tokens[:keep])
+        self._back_into_init(self._kept_before(index))
         self.retrying = True
         return True
 
@@ -342,39 +332,50 @@ class Constraint:
         after it as it was: back into `__init__` to that statement, then the patched text
         as forced tokens (`forced`). False where the statement cannot be patched, or this
         fix was made once already."""
-        assigned = [
-            i
-            for i, s in enumerate(self.init_statements)
-            if (m := _TARGETS.match(s)) and m.group(1) and m.group(2).strip() == fix.attribute
-        ]
-        if len(self.fixes) >= FIXES_PER_SEQUENCE or not assigned:
+        index = self._assigned_at({fix.attribute})
+        if index is None or len(self.fixes) >= FIXES_PER_SEQUENCE:
             return False
-        index = assigned[-1]
         statement = self.init_statements[index]
         # Once per statement as written: a fix that did not help is not made again.
         key = (fix.attribute, fix.position, fix.size, statement.strip())
-        if key in self.fixes:
-            return False
         patched = meta_check.patch_statement(statement, fix)
         init_text = self.tokenizer.decode_str(self.phase1_tokens)
         at = init_text.rfind(statement)
-        keep = max((e for e in self.phase1_ends[:index] if e < self.phase1_ends[index]), default=0)
-        kept = self.tokenizer.decode_str(self.phase1_tokens[:keep])
-        if patched is None or at < 0:
+        if key in self.fixes or patched is None or at < 0:
             return False
+        keep = self._kept_before(index)
+        kept = self.tokenizer.decode_str(self.phase1_tokens[:keep])
         rewritten = init_text[:at] + patched + init_text[at + len(statement) :]
         if not rewritten.startswith(kept):  # (a token may hold the statement's indent)
             return False
-        init_rest = rewritten[len(kept) :]
         forward_text = self.phase_text.decode("utf-8", "replace")
         self.fixes.append(key)
+        self._back_into_init(keep)
+        self.queue = list(self.tokenizer.tokenize_str(rewritten[len(kept) :]))
+        self.queue_forward = list(self.tokenizer.tokenize_str(forward_text))
+        return True
+
+    def _assigned_at(self, attributes: set[str]) -> int | None:
+        """The last `__init__` statement that assigned one of `attributes` (an index)."""
+        found = [
+            i
+            for i, s in enumerate(self.init_statements)
+            if (m := _TARGETS.match(s)) and m.group(1) and m.group(2).strip() in attributes
+        ]
+        return found[-1] if found else None
+
+    def _kept_before(self, index: int) -> int:
+        """How many of `__init__`'s tokens precede its statement `index` (the last token
+        that ended a statement before it)."""
+        ends = self.phase1_ends
+        return max((end for end in ends[:index] if end < ends[index]), default=0)
+
+    def _back_into_init(self, keep: int) -> None:
+        """Take back all of forward and `__init__` after its first `keep` tokens."""
         self._rewind += len(self.phase_tokens) + len(self.phase1_tokens) - keep
         self.phase, self.phase_grammar = 1, phase1(self.compiled.text)
         self.ends, self.checked = list(self.phase1_ends), len(self.phase1_ends)
         self._restart(self.phase1_tokens[:keep])
-        self.queue = list(self.tokenizer.tokenize_str(init_rest))
-        self.queue_forward = list(self.tokenizer.tokenize_str(forward_text))
-        return True
 
     @property
     def first_free(self) -> int:
