@@ -258,6 +258,33 @@ def test_a_statement_that_cannot_run_is_taken_back_then_kept_when_retries_are_sp
     assert len(c.rejected) == grammar.RETRIES_PER_STATEMENT
 
 
+def test_near_the_end_of_its_budget_a_child_is_closed_not_cut(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    body = dict(completions(MNIST))["large_cnn"]
+    compiled = grammar.Compiled.of(MNIST.grammar())
+    first = lltokenizer.tokenize_str
+    # __init__: two statements written and too few tokens left for a third.
+    third = body.index("        self.conv2 = ")
+    c = grammar.Constraint(compiled, lltokenizer, True, len(first(body[:third])) + 100)
+    assert feed(c, body[:third], lltokenizer) == 0
+    assert c.closing is not None and c.closing[0] == "init_stmts"
+    assert not c.allowed()[first("        self")[0]]
+    assert feed(c, "\n" + FORWARD, lltokenizer) == 0 and c.phase == 2
+    # forward: one statement written and too few tokens left for more than the return.
+    cut = body.index(FORWARD) + len(FORWARD)
+    second = body.index("        x = self.pool(F.relu(")
+    used = len(first(body[:cut])) + len(first(body[cut:second]))
+    c = grammar.Constraint(compiled, lltokenizer, True, used + grammar.CLOSE_FORWARD_AT - 5)
+    assert write(c, body[:cut], lltokenizer) == 0
+    assert feed(c, body[cut:second], lltokenizer) == 0
+    assert c.closing is not None and c.closing[0] == "forward_stmts"
+    assert feed(c, "        return ", lltokenizer) == 0  # the return may come...
+    c = grammar.Constraint(compiled, lltokenizer, True, used + grammar.CLOSE_FORWARD_AT - 5)
+    assert write(c, body[:cut], lltokenizer) == 0
+    assert feed(c, body[cut:second], lltokenizer) == 0
+    with pytest.raises(AssertionError, match="masked"):  # ...and nothing else
+        feed(c, "        x = x\n", lltokenizer)
+
+
 def test_without_check_statements_nothing_is_taken_back(lltokenizer) -> None:  # type: ignore[no-untyped-def]
     """Backends that cannot rewind (the hf backend's logits processor) only mask."""
     body = dict(completions(MNIST))["cnn"].replace(

@@ -65,6 +65,11 @@ RETRIES_ALONE = 3
 RETRIES_PER_SEQUENCE = 24
 # Layers whose input size may be set to what forward gives them, per sequence.
 FIXES_PER_SEQUENCE = 8
+# Tokens left in the budget at which __init__ may add no statement (forward's signature,
+# a few statements and the return still fit) and forward none but its return.
+CLOSE_INIT_AT = 140
+CLOSE_FORWARD_AT = 50
+INIT_HEAD = "        super().__init__()\n"
 
 
 class GrammarError(ValueError):
@@ -156,6 +161,12 @@ def scoped(text: str, phase: int, names: dict[str, list[str]]) -> str:
     return text
 
 
+def _literal(text: str) -> str:
+    """`text` as a Lark string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
 def parse_error(grammar_text: str, completion: str) -> str:
     """'' when the grammar accepts `completion` (the text after the program opening)."""
     import lark
@@ -211,7 +222,13 @@ class Constraint:
     already that of the shorter sequence.
     """
 
-    def __init__(self, compiled: Compiled, tokenizer: Any, check_statements: bool = False) -> None:
+    def __init__(
+        self,
+        compiled: Compiled,
+        tokenizer: Any,
+        check_statements: bool = False,
+        budget: int = 0,
+    ) -> None:
         self.compiled = compiled
         self.tokenizer = tokenizer
         self.phase = 1
@@ -244,6 +261,10 @@ class Constraint:
         self.fixes: list[tuple[str, int | None, int, str]] = []
         self.queue: list[int] = []
         self.queue_forward: list[int] = []
+        # With checks and a token budget (max_new_tokens): near its end, the statements
+        # written so far become a literal and the next must end the phase (`_close`).
+        self.budget = budget if self.checks is not None else 0
+        self.closing: tuple[str, str] | None = None
 
     def _matcher(self, text: str) -> Any:
         import llguidance
@@ -266,7 +287,8 @@ class Constraint:
             self.ends, self.checked = [], 0
             self.queue, self.queue_forward = self.queue_forward, []
             self.names = scope(2, "") if self.scoped else {}
-            self.matcher = self._matcher(scoped(self.phase_grammar, 2, self.names))
+            self.closing = None
+            self.matcher = self._matcher(self._grammar())
 
     def _narrow_scope(self) -> None:
         """After a newline: if a statement completed and assigned new names, a matcher whose
@@ -275,10 +297,41 @@ class Constraint:
         names = scope(self.phase, self.phase_text.decode("utf-8", "replace"))
         if names == self.names:
             return
-        matcher = self._matcher(scoped(self.phase_grammar, self.phase, names))
+        matcher = self._matcher(self._grammar(names))
         if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
             raise GrammarError(f"the narrowed grammar refused its prefix: {matcher.get_error()}")
         self.names, self.matcher = names, matcher
+
+    def _grammar(self, names: dict[str, list[str]] | None = None) -> str:
+        """The phase's grammar now: closed near the budget's end, its scopes narrowed."""
+        text = self.phase_grammar
+        if self.closing is not None:
+            text = _replace_rule(text, *self.closing)
+        return scoped(text, self.phase, self.names if names is None else names)
+
+    def _close(self) -> None:
+        """Near the end of the token budget, make the statements written so far the only
+        ones the phase may have: `__init__` goes on to `forward`, and `forward` to its
+        `return`. A child then ends inside its budget instead of being cut mid-statement
+        (cut, it fails however well its statements run)."""
+        used = len(self.phase_tokens) + (len(self.phase1_tokens) if self.phase == 2 else 0)
+        left = self.budget - used
+        text = self.phase_text.decode("utf-8", "replace")
+        written = text[: text.rfind("\n") + 1]
+        if self.phase == 1 and left < CLOSE_INIT_AT and INIT_HEAD in written:
+            rule, body = "init_stmts", written[written.index(INIT_HEAD) + len(INIT_HEAD) :]
+        elif self.phase == 2 and left < CLOSE_FORWARD_AT:
+            rule, body = "forward_stmts", written[1:]  # (phase 2 begins with a newline)
+        else:
+            return
+        if rule == "init_stmts" and not body:
+            return  # __init__ needs a statement
+        self.closing = (rule, _literal(body) if body else NOTHING)
+        matcher = self._matcher(self._grammar())
+        if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
+            self.closing = None  # (a blank line already taken: the phase ends anyway)
+            return
+        self.matcher = matcher
 
     def _check_statements(self) -> None:
         """Check the statements completed since the last check; take back one that fails."""
@@ -397,7 +450,8 @@ class Constraint:
         self.names = (
             scope(self.phase, self.phase_text.decode("utf-8", "replace")) if self.scoped else {}
         )
-        matcher = self._matcher(scoped(self.phase_grammar, self.phase, self.names))
+        self.closing = None
+        matcher = self._matcher(self._grammar())
         if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
             raise GrammarError(f"the grammar refused a statement's prefix: {matcher.get_error()}")
         self.matcher = matcher
@@ -445,4 +499,8 @@ class Constraint:
                 if self.scoped:
                     self._narrow_scope()
                 if self.checks is not None:
+                    rewind = self._rewind
                     self._check_statements()
+                    close = self.budget and self.closing is None and not self.queue
+                    if close and self._rewind == rewind and not self.matcher.is_error():
+                        self._close()

@@ -217,7 +217,8 @@ class LlamaCppBackend(Backend):
         constraint = None
         if compiled is not None:
             try:
-                constraint = grammar.Constraint(compiled, self.lltokenizer(), check_statements=True)
+                tokenizer = self.lltokenizer()
+                constraint = grammar.Constraint(compiled, tokenizer, True, sampling.max_new_tokens)
             except grammar.GrammarError as e:
                 raise InvalidRequest(str(e)) from e
         return _Sequence(index, np.random.default_rng(seed), constraint)
