@@ -265,22 +265,33 @@ def test_near_the_end_of_its_budget_a_child_is_closed_not_cut(lltokenizer) -> No
     # __init__: two statements written and too few tokens left for a third.
     third = body.index("        self.conv2 = ")
     c = grammar.Constraint(compiled, lltokenizer, True, len(first(body[:third])) + 100)
-    assert feed(c, body[:third], lltokenizer) == 0
+    rewound = feed(c, body[:third], lltokenizer)
     assert c.closing is not None and c.closing[0] == "init_stmts"
-    assert not c.allowed()[first("        self")[0]]
-    assert feed(c, "\n" + FORWARD, lltokenizer) == 0 and c.phase == 2
+    if rewound:  # the newline's token began the next indent: written again, then forward
+        assert rewound == 1 and c.queue
+        while c.phase == 1 and c.forced():
+            for token in c.forced()[:64]:
+                c.consume(token)
+    else:
+        assert not c.allowed()[first("        self")[0]]
+        assert feed(c, "\n" + FORWARD, lltokenizer) == 0
+    assert c.phase == 2
+    init = lltokenizer.decode_str(c.phase1_tokens)
+    # What was written stands; the statements stop where the budget ran low.
+    assert init.endswith("\n" + FORWARD) and body.startswith(init[: -len(FORWARD)])
     # forward: one statement written and too few tokens left for more than the return.
     cut = body.index(FORWARD) + len(FORWARD)
     second = body.index("        x = self.pool(F.relu(")
     used = len(first(body[:cut])) + len(first(body[cut:second]))
-    c = grammar.Constraint(compiled, lltokenizer, True, used + grammar.CLOSE_FORWARD_AT - 5)
-    assert write(c, body[:cut], lltokenizer) == 0
-    assert feed(c, body[cut:second], lltokenizer) == 0
-    assert c.closing is not None and c.closing[0] == "forward_stmts"
-    assert feed(c, "        return ", lltokenizer) == 0  # the return may come...
-    c = grammar.Constraint(compiled, lltokenizer, True, used + grammar.CLOSE_FORWARD_AT - 5)
-    assert write(c, body[:cut], lltokenizer) == 0
-    assert feed(c, body[cut:second], lltokenizer) == 0
+    for attempt in ("return", "another statement"):
+        # (A budget that closes forward alone: __init__ written under a large one.)
+        c = grammar.Constraint(compiled, lltokenizer, True, 10_000)
+        assert write(c, body[:cut], lltokenizer) == 0
+        c.budget = used + grammar.CLOSE_FORWARD_AT - 5
+        assert feed(c, body[cut:second], lltokenizer) == 0
+        assert c.closing is not None and c.closing[0] == "forward_stmts"
+        if attempt == "return":
+            assert feed(c, "        return ", lltokenizer) == 0  # the return may come...
     with pytest.raises(AssertionError, match="masked"):  # ...and nothing else
         feed(c, "        x = x\n", lltokenizer)
 

@@ -68,8 +68,9 @@ FIXES_PER_SEQUENCE = 8
 # Tokens left in the budget at which __init__ may add no statement (forward's signature,
 # a few statements and the return still fit) and forward none but its return.
 CLOSE_INIT_AT = 140
-CLOSE_FORWARD_AT = 50
+CLOSE_FORWARD_AT = 70
 INIT_HEAD = "        super().__init__()\n"
+_FORWARD_DEF = re.compile(r'^FORWARD_DEF:\s*"([^"]*)"\s*$', re.MULTILINE)
 
 
 class GrammarError(ValueError):
@@ -318,7 +319,8 @@ class Constraint:
         left = self.budget - used
         text = self.phase_text.decode("utf-8", "replace")
         written = text[: text.rfind("\n") + 1]
-        if self.phase == 1 and left < CLOSE_INIT_AT and INIT_HEAD in written:
+        signature = _FORWARD_DEF.search(self.compiled.text)
+        if self.phase == 1 and left < CLOSE_INIT_AT and INIT_HEAD in written and signature:
             rule, body = "init_stmts", written[written.index(INIT_HEAD) + len(INIT_HEAD) :]
         elif self.phase == 2 and left < CLOSE_FORWARD_AT:
             rule, body = "forward_stmts", written[1:]  # (phase 2 begins with a newline)
@@ -327,11 +329,26 @@ class Constraint:
         if rule == "init_stmts" and not body:
             return  # __init__ needs a statement
         self.closing = (rule, _literal(body) if body else NOTHING)
+        tokens, forced = self.phase_tokens, []
+        if self.phase == 1 and not signature.group(1).startswith(text[len(written) :]):
+            # The newline's token began the next statement's indent, which forward's
+            # signature cannot follow: that token is taken back and written again.
+            tokens = self.phase_tokens[:-1]
+            kept = self.tokenizer.decode_str(tokens)
+            if not written.startswith(kept):
+                self.closing = None
+                return
+            forced = list(self.tokenizer.tokenize_str(written[len(kept) :] + signature.group(1)))
         matcher = self._matcher(self._grammar())
-        if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
+        if not matcher.consume_tokens(tokens) or matcher.is_error():
             self.closing = None  # (a blank line already taken: the phase ends anyway)
             return
-        self.matcher = matcher
+        self._rewind += len(self.phase_tokens) - len(tokens)
+        self.phase_tokens = list(tokens)
+        self.phase_text = bytearray(self.tokenizer.decode_bytes(tokens))
+        count = len(complete_statements(self.phase_text.decode("utf-8", "replace")))
+        self.ends, self.checked = self.ends[:count], min(self.checked, count)
+        self.matcher, self.queue = matcher, forced
 
     def _check_statements(self) -> None:
         """Check the statements completed since the last check; take back one that fails."""
