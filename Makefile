@@ -50,7 +50,7 @@ test: lint
 DEMO_REPORT ?= demo-report
 demo: $(VENV)/.installed sandbox-tools
 	@echo "== make demo: EvoPrompting on MNIST-1D with SmolLM2-135M on this CPU (llama.cpp, under the task's grammar)."
-	@echo "== Expect children that parse but mostly fail the shape check: a 135M model gets sizes wrong."
+	@echo "== Expect most children to fail: a 135M model rambles and gets sizes wrong (README: 'What make demo does')."
 	@echo "== Real searches point the proposal service at a served model (README: 'A real model')."
 	@set -e; trap '$(BIN)/evo down' EXIT; \
 		$(BIN)/evo up; \

@@ -25,6 +25,7 @@ the grammar whole ignore it):
 import ast
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +125,10 @@ def check(
 
     interpreter = _Interpreter(spec)
     statements = [(1, s) for s in init] + [(2, s) for s in forward]
-    with torch.device("meta"):
+    # (torch warns about what the child wrote, such as a GRU's dropout with one layer: the
+    # trainer reports what matters, and the proposer's log stays quiet.)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         for index, (phase, statement) in enumerate(statements):
             try:
                 interpreter.run(statement, phase)
