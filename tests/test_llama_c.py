@@ -4,6 +4,7 @@ shifted field is caught, a wrong version or a missing function is a clear error,
 llguidance tokenizer built from it splits text as llama.cpp's own tokenizer does."""
 
 import ctypes
+import hashlib
 import importlib.util
 from collections.abc import Iterator
 
@@ -101,19 +102,17 @@ def test_the_tokenizer_splits_as_llama_cpp_does(lib: llama_c.Llama, vocab: int) 
     assert tokenizer.eos_token == lib.llama_vocab_eos(vocab) == 2
 
 
-def test_the_tokenizer_equals_llguidances_own(lib: llama_c.Llama, vocab: int) -> None:
-    """Where llama-cpp-python is still installed: the same tokens as llguidance's helper."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    import llguidance.llamacpp
+# Every token's bytes and special flag, as llguidance's own helper read them
+# (llguidance.llamacpp.lltokenizer_from_vocab on llama-cpp-python 0.3.36, 2026-12-03): a
+# digest, because llama-cpp-python is no longer installed to compare against.
+LLGUIDANCE_VOCABULARY_DIGEST = "6b38708c65e7b3deef709d4d695e560b98717bcfc5ee2492066710424f1c9f27"
 
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(model_files.default_gguf()).encode(), params)
-    try:
-        theirs = llguidance.llamacpp.lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(model))
-        ours = llama_c.lltokenizer(lib, vocab)
-        ids = list(range(ours.vocab_size))
-        assert [ours.decode_bytes([i]) for i in ids] == [theirs.decode_bytes([i]) for i in ids]
-        assert [ours.is_special_token(i) for i in ids] == [theirs.is_special_token(i) for i in ids]
-    finally:
-        llama_cpp.llama_model_free(model)
+
+def test_the_tokenizer_equals_llguidances_own(lib: llama_c.Llama, vocab: int) -> None:
+    ours = llama_c.lltokenizer(lib, vocab)
+    digest = hashlib.sha256()
+    for i in range(ours.vocab_size):
+        piece = ours.decode_bytes([i])
+        digest.update(len(piece).to_bytes(2, "little") + piece + bytes([ours.is_special_token(i)]))
+    assert ours.vocab_size == 49152
+    assert digest.hexdigest() == LLGUIDANCE_VOCABULARY_DIGEST
