@@ -162,6 +162,12 @@ def scoped(text: str, phase: int, names: dict[str, list[str]]) -> str:
     return text
 
 
+def _last_end(ends: list[int], limit: int) -> int:
+    """The last statement end (a token count) below `limit`: where a sequence may be taken
+    back to, since a token may end one statement and begin the next."""
+    return max((end for end in ends if end < limit), default=0)
+
+
 def _literal(text: str) -> str:
     """`text` as a Lark string literal."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -295,7 +301,7 @@ class Constraint:
         """After a newline: if a statement completed and assigned new names, a matcher whose
         scope rules allow them, given the phase's tokens again (the names only grow, so
         what was accepted stays accepted)."""
-        names = scope(self.phase, self.phase_text.decode("utf-8", "replace"))
+        names = scope(self.phase, self.text)
         if names == self.names:
             return
         matcher = self._matcher(self._grammar(names))
@@ -317,7 +323,7 @@ class Constraint:
         (cut, it fails however well its statements run)."""
         used = len(self.phase_tokens) + (len(self.phase1_tokens) if self.phase == 2 else 0)
         left = self.budget - used
-        text = self.phase_text.decode("utf-8", "replace")
+        text = self.text
         written = text[: text.rfind("\n") + 1]
         signature = _FORWARD_DEF.search(self.compiled.text)
         if self.phase == 1 and left < CLOSE_INIT_AT and INIT_HEAD in written and signature:
@@ -344,16 +350,13 @@ class Constraint:
             self.closing = None  # (a blank line already taken: the phase ends anyway)
             return
         self._rewind += len(self.phase_tokens) - len(tokens)
-        self.phase_tokens = list(tokens)
-        self.phase_text = bytearray(self.tokenizer.decode_bytes(tokens))
-        count = len(complete_statements(self.phase_text.decode("utf-8", "replace")))
-        self.ends, self.checked = self.ends[:count], min(self.checked, count)
+        self._keep(tokens)
         self.matcher, self.queue = matcher, forced
 
     def _check_statements(self) -> None:
         """Check the statements completed since the last check; take back one that fails."""
         assert self.checks is not None
-        statements = complete_statements(self.phase_text.decode("utf-8", "replace"))
+        statements = complete_statements(self.text)
         self.ends += [len(self.phase_tokens)] * (len(statements) - len(self.ends))
         if len(statements) <= self.checked:
             return
@@ -380,7 +383,7 @@ class Constraint:
         # Back to the last token that ended a statement before it (or before the one before
         # it), never into the phase's fixed lines (`def ...`, `super().__init__()`).
         back = index - (tries > RETRIES_ALONE and index - 1 > self.first_free)
-        keep = max((end for end in self.ends[:back] if end < self.ends[index]), default=0)
+        keep = _last_end(self.ends[:back], self.ends[index])
         self._rewind += len(self.phase_tokens) - keep
         self._restart(self.phase_tokens[:keep])
         self.retrying = True
@@ -418,7 +421,7 @@ class Constraint:
         rewritten = init_text[:at] + patched + init_text[at + len(statement) :]
         if not rewritten.startswith(kept):  # (a token may hold the statement's indent)
             return False
-        forward_text = self.phase_text.decode("utf-8", "replace")
+        forward_text = self.text
         self.fixes.append(key)
         self._back_into_init(keep)
         self.queue = list(self.tokenizer.tokenize_str(rewritten[len(kept) :]))
@@ -437,8 +440,7 @@ class Constraint:
     def _kept_before(self, index: int) -> int:
         """How many of `__init__`'s tokens precede its statement `index` (the last token
         that ended a statement before it)."""
-        ends = self.phase1_ends
-        return max((end for end in ends[:index] if end < ends[index]), default=0)
+        return _last_end(self.phase1_ends[:index], self.phase1_ends[index])
 
     def _back_into_init(self, keep: int) -> None:
         """Take back all of forward and `__init__` after its first `keep` tokens."""
@@ -452,26 +454,32 @@ class Constraint:
         """The index of the phase's last fixed line: the statements a child writes follow."""
         if self.phase == 2:
             return 0  # the blank line before forward's body
-        statements = complete_statements(self.phase_text.decode("utf-8", "replace"))
+        statements = complete_statements(self.text)
         fixed = [i for i, s in enumerate(statements) if s.strip() == "super().__init__()"]
         return fixed[0] if fixed else len(statements)
 
     def _restart(self, tokens: list[int]) -> None:
         """The phase's state after `tokens` only: a new matcher given them again."""
         self.queue, self.queue_forward = [], []
-        self.phase_tokens = list(tokens)
-        self.phase_text = bytearray(self.tokenizer.decode_bytes(self.phase_tokens))
-        statements = complete_statements(self.phase_text.decode("utf-8", "replace"))
-        self.ends = self.ends[: len(statements)]
-        self.checked = min(self.checked, len(statements))
-        self.names = (
-            scope(self.phase, self.phase_text.decode("utf-8", "replace")) if self.scoped else {}
-        )
+        self._keep(tokens)
+        self.names = scope(self.phase, self.text) if self.scoped else {}
         self.closing = None
         matcher = self._matcher(self._grammar())
         if not matcher.consume_tokens(self.phase_tokens) or matcher.is_error():
             raise GrammarError(f"the grammar refused a statement's prefix: {matcher.get_error()}")
         self.matcher = matcher
+
+    def _keep(self, tokens: list[int]) -> None:
+        """The phase's tokens, text and statement bookkeeping cut back to `tokens`."""
+        self.phase_tokens = list(tokens)
+        self.phase_text = bytearray(self.tokenizer.decode_bytes(self.phase_tokens))
+        count = len(complete_statements(self.text))
+        self.ends, self.checked = self.ends[:count], min(self.checked, count)
+
+    @property
+    def text(self) -> str:
+        """The phase's text so far."""
+        return self.phase_text.decode("utf-8", "replace")
 
     def take_rewind(self) -> int:
         """How many of the sequence's last tokens were taken back since the last call."""

@@ -13,8 +13,9 @@ evaluated by the small interpreter below, which knows only torch.nn's layers, to
 functional, a short list of torch functions and tensor methods, and computes on the meta
 device: tensors there have shapes and no data, so a layer of a billion parameters costs
 nothing, and no code of the child runs in the proposer. Integer arithmetic is bounded.
-What the interpreter cannot judge (a construct it does not know, an operation without a
-meta kernel) is accepted: the trainer's own build and shape check stay the authority.
+What the interpreter cannot judge (a construct it does not know) is accepted: the
+trainer's own build and shape check stay the authority. (An operation without a meta
+kernel raises NotImplementedError, a RuntimeError, and counts as a failure.)
 
 A grammar asks for the check with a directive line (a Lark comment, so servers that take
 the grammar whole ignore it):
@@ -132,19 +133,17 @@ def check(
         for index, (phase, statement) in enumerate(statements):
             try:
                 interpreter.run(statement, phase)
-            except CannotJudge:
-                return Verdict()
+                continue
             except Rejected as e:
-                if index < first_new:
-                    return Verdict()
-                return Verdict(index, str(e), interpreter.fix)
+                reason = str(e)
+            # (NotImplementedError, a RuntimeError, is rejected here like the others.)
             except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as e:
-                if index < first_new:
-                    return Verdict()
                 first_line = (str(e).strip().splitlines() or [""])[0][:200]
-                return Verdict(index, f"{type(e).__name__}: {first_line}", interpreter.fix)
-            except (NotImplementedError, ArithmeticError, RecursionError):
+                reason = f"{type(e).__name__}: {first_line}"
+            except (CannotJudge, ArithmeticError, RecursionError):
                 return Verdict()
+            # (An older statement that fails was accepted before: nothing more to judge.)
+            return Verdict(index, reason, interpreter.fix) if index >= first_new else Verdict()
     return Verdict()
 
 
@@ -445,9 +444,9 @@ class _Interpreter:
             count = right if isinstance(left, (tuple, list)) else left
             if not isinstance(count, int) or count > MAX_SEQUENCE:
                 raise Rejected("sequence repeated out of range")
-        result = _OPERATORS[operator](left, right) if operator in _OPERATORS else None
         if operator not in _OPERATORS:
             raise CannotJudge(operator)
+        result = _OPERATORS[operator](left, right)
         if isinstance(result, (int, float)) and (
             abs(result) > MAX_NUMBER or (isinstance(result, float) and not math.isfinite(result))
         ):
