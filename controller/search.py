@@ -48,6 +48,8 @@ STOP_POLL_SECONDS = 2.0
 EVALUATE_MARGIN_SECONDS = 180.0
 # The proposal service's limit on samples in one Generate call.
 MAX_SAMPLES_PER_CALL = 64
+# Hashes of programs a child must not copy, sent per Generate call (the proposer's limit).
+MAX_AVOIDED = 20_000
 # Evaluation threads when services.max_in_flight is 0: the trainers' live slots (read
 # every round) decide how many of them train at once.
 MAX_EVALUATION_THREADS = 64
@@ -270,6 +272,13 @@ class Search:
                         self.config.proposer.novelty_resamples,
                     )
 
+    def _known_programs(self) -> list[str]:
+        """The normalised hashes of the search's candidates so far: a child with one of
+        them is a duplicate, which a proposer that checks statements writes again instead
+        (the most recent MAX_AVOIDED when there are more)."""
+        hashes = dict.fromkeys(c.normalized_hash for c in self._candidates())
+        return list(hashes)[-MAX_AVOIDED:]
+
     def _sample(
         self,
         prompt: pb.Prompt,
@@ -301,6 +310,7 @@ class Search:
             adapter_id=adapter,
             program_opening=self.task.program_opening,
             grammar=grammar,
+            avoid_normalized_hashes=self._known_programs(),
         )
         settings = pb.ProposerSettings(
             backend=self.info.backend, model_id=self.info.model_id, sampling=params

@@ -38,7 +38,7 @@ from controller.search import Search
 from services.lineage import server as lineage_server
 from services.lineage.rdb import RDBStorage
 from services.proposer import server as proposer_server
-from services.proposer.backends.base import Info, Sampling, TuneResult, TuneSettings
+from services.proposer.backends.base import Info, Novelty, Sampling, TuneResult, TuneSettings
 from services.proposer.backends.tgi import TGIBackend
 from services.trainer import server as trainer_server
 from services.trainer.sandbox.base import Limits
@@ -282,6 +282,7 @@ class TunableStandIn(TGIBackend):
         self.generate_gate = Gate()
         self.tune_gate = Gate()
         self.calls: Counter[str] = Counter()
+        self.novelty: list[Novelty | None] = []  # what each Generate call was told to avoid
         self._lock = threading.Lock()
 
     def info(self) -> Info:
@@ -297,6 +298,7 @@ class TunableStandIn(TGIBackend):
     ):  # type: ignore[no-untyped-def]
         with self._lock:
             self.calls["generate"] += 1
+            self.novelty.append(sampling.novelty)
         self.generate_gate.passing()
         return super().generate(prompt, n, sampling, adapter_id, cancelled)
 

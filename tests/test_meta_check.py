@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from services.common import codehash
 from services.proposer import grammar, meta_check
+from services.proposer.backends import base
 from services.trainer.tasks.mnist1d import Mnist1d
 from tests.test_grammars import FORWARD, completions
 
@@ -106,6 +108,46 @@ def test_what_the_embedded_model_gets_wrong_is_caught_at_its_statement(
     if failing:
         assert statements[verdict.statement].strip() == failing
     assert reason in verdict.reason, verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("init", "forward", "fix", "patched"),
+    [
+        # A read-out after convolutions, built for the wrong input size.
+        (
+            "        self.conv = nn.Conv1d(1, 5, 3)\n        self.fc = nn.Linear(100, 10)\n",
+            "        x = self.conv(x.view(-1, 1, 40))\n        return self.fc(x.flatten(1))\n",
+            meta_check.SizeFix("fc", None, 190),
+            "        self.fc = nn.Linear(190, 10)\n",
+        ),
+        # A read-out of the wrong width: its out_features.
+        (
+            "        self.fc = nn.Linear(40, 100)\n",
+            "        return self.fc(x)\n",
+            meta_check.SizeFix("fc", None, 10, argument=1),
+            "        self.fc = nn.Linear(40, 10)\n",
+        ),
+        # The same as the last layer of an nn.Sequential.
+        (
+            "        self.net = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 1))\n",
+            "        return self.net(x)\n",
+            meta_check.SizeFix("net", 2, 10, argument=1),
+            "        self.net = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 10))\n",
+        ),
+    ],
+    ids=["input-size", "read-out-width", "sequential-read-out"],
+)
+def test_a_size_that_does_not_fit_comes_with_its_fix(
+    init: str, forward: str, fix: meta_check.SizeFix, patched: str
+) -> None:
+    verdict = run(init, forward)
+    assert not verdict.ok and verdict.fix == fix, verdict
+    (statement,) = [
+        s + "\n" for s in grammar.complete_statements(init) if f"self.{fix.attribute}" in s
+    ]
+    assert meta_check.patch_statement(statement, fix) == patched
+    fixed = init.replace(statement, patched)
+    assert run(fixed, forward).ok
 
 
 def test_numbers_are_bounded_and_nothing_is_executed(tmp_path: Path) -> None:
@@ -233,7 +275,7 @@ def test_a_layer_given_the_wrong_input_size_is_written_again_with_the_right_one(
     assert write(c, seed, lltokenizer) == 0 and c.done
 
 
-def test_a_statement_that_cannot_run_is_taken_back_then_kept_when_retries_are_spent(
+def test_a_statement_that_cannot_run_is_taken_back_then_left_out_when_retries_are_spent(
     lltokenizer,  # type: ignore[no-untyped-def]
 ) -> None:
     seed = dict(completions(MNIST))["cnn"]
@@ -249,13 +291,45 @@ def test_a_statement_that_cannot_run_is_taken_back_then_kept_when_retries_are_sp
     assert "invalid for input of size 80" in c.rejected[-1]
     assert c.retrying and not c.fixes
     # Written the same way again and again, it is taken back a bounded number of times,
-    # then kept (the trainer will report it).
-    for _ in range(grammar.RETRIES_PER_STATEMENT + 2):
-        if c.done:
+    # then left out: forward is closed before it, and only its return may come.
+    for _ in range(grammar.RETRIES_PER_STATEMENT):
+        assert write(c, body, lltokenizer) > 0
+    assert len(c.rejected) == grammar.RETRIES_PER_STATEMENT + 1
+    assert c.rejected[-1].startswith("left out: ") and bytes(c.phase_text) == kept
+    assert c.closing == ("forward_stmts", grammar.NOTHING)  # no statement but the return
+    written = bytes(c.phase_text).decode()
+    # A return on the batch as it comes: the read-out is rebuilt for 40 inputs.
+    assert feed(c, "\n        return self.linear(x)\n"[len(written) :], lltokenizer) > 0
+    assert [f[:3] for f in c.fixes] == [("linear", None, 40)]
+
+
+def test_a_statement_that_cannot_be_left_out_is_kept_when_retries_are_spent(
+    lltokenizer,  # type: ignore[no-untyped-def]
+) -> None:
+    """`__init__` needs a statement: its only one is kept, failing (the trainer reports it)."""
+    body = dict(completions(MNIST))["mlp"]
+    first = "        self.embed = nn.Sequential(nn.Linear(40, 100), nn.ReLU())\n"
+    assert first in body
+    init = body[: body.index(first) + len(first)].replace("(40, ", "(-1, ")
+    c = grammar.Constraint(grammar.Compiled.of(MNIST.grammar()), lltokenizer, check_statements=True)
+    for _ in range(grammar.RETRIES_PER_STATEMENT + 1):
+        if not feed(c, init[len(c.phase_text) :], lltokenizer):
             break
-        write(c, body, lltokenizer)
-    assert c.done and c.kept_failing == 1 and not c.retrying
-    assert len(c.rejected) == grammar.RETRIES_PER_STATEMENT
+    assert c.kept_failing == 1 and len(c.rejected) == grammar.RETRIES_PER_STATEMENT
+    assert "negative dimension" in c.rejected[-1] and not c.retrying
+
+
+def test_a_statement_that_runs_on_is_taken_back(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """The 135M model nests a call in itself until its budget ends (`self.f(self.f(...`);
+    a statement longer than any the grammar needs is taken back before it is complete."""
+    body = dict(completions(MNIST))["cnn"]
+    cut = body.index("        return ")
+    c = grammar.Constraint(grammar.Compiled.of(MNIST.grammar()), lltokenizer, check_statements=True)
+    assert write(c, body[:cut], lltokenizer) == 0
+    kept = bytes(c.phase_text)
+    assert feed(c, "        return " + "self.linear(" * 40, lltokenizer) > 0
+    assert bytes(c.phase_text) == kept and c.retrying
+    assert c.rejected == [f"a statement longer than {grammar.MAX_STATEMENT_TOKENS[2]} tokens"]
 
 
 def test_near_the_end_of_its_budget_a_child_is_closed_not_cut(lltokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -294,6 +368,72 @@ def test_near_the_end_of_its_budget_a_child_is_closed_not_cut(lltokenizer) -> No
             assert feed(c, "        return ", lltokenizer) == 0  # the return may come...
     with pytest.raises(AssertionError, match="masked"):  # ...and nothing else
         feed(c, "        x = x\n", lltokenizer)
+
+
+def test_a_finished_child_is_not_reopened_when_its_budget_runs_low(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Closing near the budget's end makes the statements written so far forward's only
+    ones; after the return's newline that would ask for a second return."""
+    body = dict(completions(MNIST))["cnn"]
+    cut = body.index(FORWARD) + len(FORWARD)
+    c = grammar.Constraint(grammar.Compiled.of(MNIST.grammar()), lltokenizer, True, 10_000)
+    assert write(c, body[:cut], lltokenizer) == 0
+    # Low enough at the return's newline only (the return is more than 5 tokens).
+    c.budget = len(c.phase1_tokens) + len(lltokenizer.tokenize_str(body[cut:]))
+    c.budget += grammar.CLOSE_FORWARD_AT - 5
+    assert write(c, body, lltokenizer) == 0
+    assert c.done and c.closing is None
+
+
+def copy_of(task: Mnist1d, name: str) -> base.Novelty:
+    """Novelty that calls the seed `name` a copy (by its normalised hash)."""
+    code = dict(task.seeds())[name]
+    return base.Novelty(task.program_opening, frozenset({codehash.normalized_hash(code)}))
+
+
+def test_a_finished_copy_is_taken_back_into_init_and_written_hotter(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    body = dict(completions(MNIST))["cnn"]
+    novelty = copy_of(MNIST, "cnn")
+    assert novelty.copies(body) and not novelty.copies(body.replace("25", "26"))
+    compiled = grammar.Compiled.of(MNIST.grammar())
+    c = grammar.Constraint(compiled, lltokenizer, True, is_copy=novelty.copies)
+    # The copy's last newline: back to before __init__'s last statement, forward and all.
+    assert write(c, body, lltokenizer) > 0 and not c.done
+    last = "        self.linear = nn.Linear(channels * 5, 10)\n"
+    assert last in body
+    kept = bytes(c.phase_text).decode()  # (its last token may hold the next indent)
+    assert c.phase == 1 and body.startswith(kept) and kept.rstrip(" ") == body[: body.index(last)]
+    assert c.rejected == ["a copy of an earlier program"] and c.copies == 1
+    assert c.hotter
+    # A different last statement makes a new child, which stands.
+    assert write(c, body.replace("channels * 5, 10", "125, 10"), lltokenizer) == 0
+    assert c.done and c.copies == 1
+    assert c.hotter and not c.retrying  # the rest of a copy taken back is drawn hotter
+    # The same copy again and again: taken back a bounded number of times, each time one
+    # statement further back, then kept (the lineage store records a duplicate).
+    c = grammar.Constraint(compiled, lltokenizer, True, is_copy=novelty.copies)
+    kept = []
+    while not c.done:
+        assert c.copies <= grammar.COPIES_PER_SEQUENCE
+        write(c, body, lltokenizer)
+        kept.append(len(c.phase_text))
+    assert c.copies == grammar.COPIES_PER_SEQUENCE
+    assert kept[:-1] == sorted(kept[:-1], reverse=True) and len(set(kept[:-1])) == len(kept) - 1
+
+
+def test_near_the_end_of_the_decode_budget_a_failing_statement_is_kept(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Statements taken back spend the decode budget (taken-back tokens count); with too
+    little of it left, a child finishes with what it has rather than being cut."""
+    seed = dict(completions(MNIST))["cnn"]
+    # A return of the wrong shape, which no layer size fixes.
+    body = seed.replace("return self.linear(h.view(h.shape[0], -1))", "return self.conv3(h)")
+    compiled = grammar.Compiled.of(MNIST.grammar())
+    for room, taken_back in ((grammar.KEEP_AT + 20, True), (grammar.KEEP_AT - 10, False)):
+        c = grammar.Constraint(compiled, lltokenizer, True, 10_000, decode_budget=10_000)
+        assert write(c, body[:-1], lltokenizer) == 0
+        c.decode_budget = c.sampled + 1 + room  # at the return's newline: `room` left
+        assert (feed(c, "\n", lltokenizer) > 0) == taken_back
+        assert c.done != taken_back and c.kept_failing == (not taken_back)
+        assert "(2, 10)" in c.rejected[-1] if taken_back else not c.rejected
 
 
 def test_without_check_statements_nothing_is_taken_back(lltokenizer) -> None:  # type: ignore[no-untyped-def]

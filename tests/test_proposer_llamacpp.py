@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,24 @@ def test_a_file_llama_cpp_cannot_load_is_a_clear_error(tmp_path: Path) -> None:
         LlamaCppBackend(str(junk), adapter_dir=tmp_path / "adapters")
     with pytest.raises(FileNotFoundError, match="use --backend hf"):
         LlamaCppBackend(str(tmp_path), adapter_dir=tmp_path / "adapters")
+
+
+def test_a_child_that_copies_its_parent_is_written_again(backend: LlamaCppBackend) -> None:
+    """At temperature 0.2 the 135M model copies the parent its prompt shows; told that the
+    parent's program is taken (Sampling.novelty), it writes something else."""
+    from controller import prompts
+    from services.common import codehash
+    from services.proposer.backends.base import Novelty
+
+    task = Mnist1d()
+    parent = dict(task.seeds())["mlp"]
+    shown = prompts.build(task.prompt_header, [prompts.Example(parent, 15210, 0.64)] * 2, OPENING)
+    hashes = frozenset({codehash.normalized_hash(parent)})
+    free = Sampling(0.2, 0.95, 320, seed=2, grammar=task.grammar())
+
+    def copies(sampling: Sampling) -> list[bool]:
+        out = backend.generate(shown.text, 2, sampling)
+        return [codehash.normalized_hash(OPENING + s.text) in hashes for s in out]
+
+    assert any(copies(free)), "the test needs a prompt whose children copy the parent"
+    assert not any(copies(replace(free, novelty=Novelty(OPENING, hashes))))

@@ -103,6 +103,11 @@ def test_hf_info_and_a_tuning_call_that_changes_later_generations(hf_stub) -> No
         (generate(seed=-1), "INVALID_ARGUMENT", "seed must be >= 0"),
         (generate(adapter="sp-000000000000000000000000"), "NOT_FOUND", "no soft prompt"),
         (generate(max_new_tokens=8190), "INVALID_ARGUMENT", "exceed the model's 8192 tokens"),
+        (
+            pb.GenerateRequest(prompt="x", num_samples=1, avoid_normalized_hashes=["0"] * 20_001),
+            "INVALID_ARGUMENT",
+            "avoid_normalized_hashes holds at most 20000 hashes, got 20001",
+        ),
     ],
 )
 def test_bad_generate_requests_get_clear_statuses(hf_stub, request_, code, detail) -> None:  # type: ignore[no-untyped-def]
@@ -177,3 +182,24 @@ def test_tgi_cannot_tune_overloads_and_timeouts_map_to_statuses(tgi_service) -> 
     with pytest.raises(grpc.RpcError) as caught:
         stub.Generate(generate(n=1, adapter="lora-x"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_programs_to_avoid_reach_the_backend_as_novelty() -> None:
+    """The controller sends the normalised hashes of the search's candidates; a backend
+    that checks statements gets them with the opening that makes a completion a program."""
+    from services.common import codehash
+    from services.proposer.server import sampling_from
+
+    program = "class Model(nn.Module):\n    def forward(self, x):\n        return x\n"
+    request = pb.GenerateRequest(
+        prompt="x",
+        num_samples=1,
+        program_opening="class Model(nn.Module):",
+        avoid_normalized_hashes=[codehash.normalized_hash(program)],
+    )
+    novelty = sampling_from(request).novelty
+    assert novelty is not None
+    # A comment and other spacing are the same program; another return is not.
+    assert novelty.copies("  # a copy\n    def forward(self, x):\n        return  x\n")
+    assert not novelty.copies("\n    def forward(self, x):\n        return x + 1\n")
+    assert sampling_from(pb.GenerateRequest(prompt="x", num_samples=1)).novelty is None

@@ -6,12 +6,15 @@ controller has retried a few times. The controller waits with backoff and goes o
 prompt of every round has all its samples, none recorded as a failed generation.
 """
 
+import itertools
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from evo.v1 import lineage_pb2 as pb
+from evo.v1 import lineage_pb2_grpc as pb_grpc
 
 from tests.reliability import (
     LM_SEARCH,
@@ -20,6 +23,7 @@ from tests.reliability import (
     lineage_in_process,
     search_config,
     service_processes,
+    stack_in_process,
     trainer_in_process,
     wait_until,
 )
@@ -100,3 +104,25 @@ def test_the_proposer_down_for_a_while(lineage: InProcessLineage, tmp_path: Path
     assert [r.state for r in rounds] == [pb.ROUND_STATE_FINISHED] * (evo.rounds + 1)
     state = stub.GetSearch(pb.GetSearchRequest(search_id=run.search_id), timeout=10).state
     assert state == pb.SEARCH_STATE_FINISHED
+
+
+def test_each_generate_call_is_told_the_programs_already_taken(tmp_path: Path) -> None:
+    """A child that copies a candidate is a duplicate: the controller sends the normalised
+    hashes of the search's candidates so far with every Generate call, which a backend that
+    checks statements uses to write a copy again (services/proposer/grammar.py)."""
+    with stack_in_process(f"sqlite:///{tmp_path / 'lineage.db'}") as stack:
+        run = ControllerThread(stack.config())
+        try:
+            run.wait(400)
+        finally:
+            run.close()
+        with grpc.insecure_channel(stack.lineage.address) as channel:
+            found = list_candidates(pb_grpc.LineageStub(channel), run.search_id)
+        told = stack.proposer.backend.novelty
+    assert told and all(n is not None and n.opening == "class Model(nn.Module):" for n in told)
+    hashes = [n.hashes for n in told if n is not None]
+    seeds = {c.normalized_hash for c in found if c.origin == pb.CANDIDATE_ORIGIN_SEED}
+    everything = {c.normalized_hash for c in found}
+    assert all(seeds <= h <= everything for h in hashes)
+    # Each call knows what the calls before it sampled (they were recorded in between).
+    assert all(a <= b for a, b in itertools.pairwise(hashes)) and hashes[0] < hashes[-1]

@@ -30,7 +30,7 @@ refuse, at search start, a grammar that rejects one of the task's seeds.
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,13 +62,22 @@ _DOCSTRING = re.compile(r'"""[^"]*(?:"""|$)')
 # before a GRU of input size 4): its next two failures take that one back too.
 RETRIES_PER_STATEMENT = 6
 RETRIES_ALONE = 3
-RETRIES_PER_SEQUENCE = 24
+RETRIES_PER_SEQUENCE = 16
+# The most tokens a statement may take, by phase (the seeds' longest take 29): beyond,
+# it is taken back (a model that nests a call in itself runs on to the end of its budget).
+MAX_STATEMENT_TOKENS = {1: 96, 2: 64}
+# How often a finished child that copies a program to avoid (Sampling.novelty) is taken
+# back into `__init__` and written again, per sequence; then the copy is kept (and the
+# lineage store records it as a duplicate).
+COPIES_PER_SEQUENCE = 4
 # Layers whose input size may be set to what forward gives them, per sequence.
 FIXES_PER_SEQUENCE = 8
 # Tokens left in the budget at which __init__ may add no statement (forward's signature,
-# a few statements and the return still fit) and forward none but its return.
+# a few statements and the return still fit) and forward none but its return; and those
+# left to sample (taken-back tokens count) at which no statement is taken back any more.
 CLOSE_INIT_AT = 140
 CLOSE_FORWARD_AT = 70
+KEEP_AT = 40
 INIT_HEAD = "        super().__init__()\n"
 _FORWARD_DEF = re.compile(r'^FORWARD_DEF:\s*"([^"]*)"\s*$', re.MULTILINE)
 
@@ -226,7 +235,14 @@ class Constraint:
     With `check_statements` (and a grammar that asks for checks), a statement that cannot
     run is taken back as soon as it is complete: after `consume`, `take_rewind()` says how
     many of the sequence's last tokens to drop (0: none), and the constraint's state is
-    already that of the shorter sequence.
+    already that of the shorter sequence. So is a finished child that `is_copy` calls a
+    copy (of a parent, or an earlier child): its last statements of `__init__` are written
+    again.
+
+    Two budgets: `budget` tokens in the sequence (max_new_tokens) and `decode_budget`
+    tokens sampled in all (not forced ones), taken-back ones included. Near the end of
+    either the phase is closed (`_close`), and near the end of the second nothing more is
+    taken back, so a child ends inside its budgets instead of being cut mid-statement.
     """
 
     def __init__(
@@ -235,6 +251,8 @@ class Constraint:
         tokenizer: Any,
         check_statements: bool = False,
         budget: int = 0,
+        decode_budget: int = 0,
+        is_copy: Callable[[str], bool] | None = None,
     ) -> None:
         self.compiled = compiled
         self.tokenizer = tokenizer
@@ -265,13 +283,17 @@ class Constraint:
         self._rewind = 0
         # Size fixes made (attribute, position, size), and the text they force: the rest of
         # __init__, then forward as it was.
-        self.fixes: list[tuple[str, int | None, int, str]] = []
+        self.fixes: list[tuple[str, int | None, int, str, int]] = []
         self.queue: list[int] = []
         self.queue_forward: list[int] = []
         # With checks and a token budget (max_new_tokens): near its end, the statements
         # written so far become a literal and the next must end the phase (`_close`).
         self.budget = budget if self.checks is not None else 0
+        self.decode_budget = decode_budget if self.checks is not None else 0
+        self.sampled = 0  # tokens the sampler drew (not forced), taken-back ones included
         self.closing: tuple[str, str] | None = None
+        self.is_copy = is_copy if self.checks is not None else None
+        self.copies = 0  # finished children taken back as copies
 
     def _matcher(self, text: str) -> Any:
         import llguidance
@@ -316,19 +338,20 @@ class Constraint:
             text = _replace_rule(text, *self.closing)
         return scoped(text, self.phase, self.names if names is None else names)
 
-    def _close(self) -> None:
+    def _close(self, force: bool = False) -> None:
         """Near the end of the token budget, make the statements written so far the only
         ones the phase may have: `__init__` goes on to `forward`, and `forward` to its
         `return`. A child then ends inside its budget instead of being cut mid-statement
-        (cut, it fails however well its statements run)."""
-        used = len(self.phase_tokens) + (len(self.phase1_tokens) if self.phase == 2 else 0)
-        left = self.budget - used
+        (cut, it fails however well its statements run). With `force`, whatever is left:
+        a statement that failed every retry was just left out (`_drop`)."""
+        left = self._left()
         text = self.text
         written = text[: text.rfind("\n") + 1]
         signature = _FORWARD_DEF.search(self.compiled.text)
-        if self.phase == 1 and left < CLOSE_INIT_AT and INIT_HEAD in written and signature:
+        low = force or left < (CLOSE_INIT_AT if self.phase == 1 else CLOSE_FORWARD_AT)
+        if self.phase == 1 and low and INIT_HEAD in written and signature:
             rule, body = "init_stmts", written[written.index(INIT_HEAD) + len(INIT_HEAD) :]
-        elif self.phase == 2 and left < CLOSE_FORWARD_AT:
+        elif self.phase == 2 and low:
             rule, body = "forward_stmts", written[1:]  # (phase 2 begins with a newline)
         else:
             return
@@ -353,6 +376,14 @@ class Constraint:
         self._keep(tokens)
         self.matcher, self.queue = matcher, forced
 
+    def _left(self) -> int:
+        """Tokens left before the nearer of the two budgets' ends."""
+        used = len(self.phase_tokens) + (len(self.phase1_tokens) if self.phase == 2 else 0)
+        left = self.budget - used
+        if self.decode_budget:
+            left = min(left, self.decode_budget - self.sampled)
+        return left
+
     def _check_statements(self) -> None:
         """Check the statements completed since the last check; take back one that fails."""
         assert self.checks is not None
@@ -365,11 +396,18 @@ class Constraint:
         verdict = meta_check.check(self.checks, init, forward, first_new=offset + self.checked)
         index = verdict.statement - offset
         tries = self.retries.get((self.phase, index), 0) + 1
-        if (
-            verdict.ok
-            or tries > RETRIES_PER_STATEMENT
-            or len(self.rejected) >= RETRIES_PER_SEQUENCE
-        ):
+        spent = len(self.rejected) >= RETRIES_PER_SEQUENCE or (
+            self.decode_budget and self.decode_budget - self.sampled < KEEP_AT
+        )
+        finished = verdict.ok and self.phase == 2 and self.matcher.is_stopped()
+        if finished and not spent and self._take_back_copy():
+            return
+        if not (verdict.ok or spent) and tries > RETRIES_PER_STATEMENT:
+            is_return = statements[index].lstrip().startswith("return ")
+            spent = not self._drop(index, is_return, verdict.reason)
+            if not spent:
+                return
+        if verdict.ok or spent:
             self.kept_failing += not verdict.ok
             self.checked = len(statements)
             self.retrying = False
@@ -387,6 +425,69 @@ class Constraint:
         self._rewind += len(self.phase_tokens) - keep
         self._restart(self.phase_tokens[:keep])
         self.retrying = True
+
+    def _drop(self, index: int, is_return: bool, reason: str) -> bool:
+        """A statement that failed every retry: the phase ends without it (forward's
+        return, which cannot be left out, without the statement before it), so the child
+        is closed with what ran rather than kept with what cannot. False where the phase
+        would be left with no statement it needs (`__init__` needs one)."""
+        cut = index - 1 if is_return and self.phase == 2 else index
+        if cut <= self.first_free + (self.phase == 1):
+            return False
+        self.rejected.append(f"left out: {reason}")
+        # (What comes in its place is a new statement, with retries of its own.)
+        self.retries = {k: n for k, n in self.retries.items() if k[0] != self.phase or k[1] < cut}
+        keep = _last_end(self.ends[:cut], self.ends[cut])
+        self._rewind += len(self.phase_tokens) - keep
+        self._restart(self.phase_tokens[:keep])
+        self.retrying = True
+        self._close(force=True)
+        return True
+
+    def _take_back_overlong(self) -> None:
+        """A statement still open after MAX_STATEMENT_TOKENS (the model nests a call in
+        itself, `self.f(self.f(self.f(...`, until the budget ends): taken back like one that
+        cannot run; once it has been too often, the phase ends before it."""
+        index = len(self.ends)
+        tries = self.retries.get((self.phase, index), 0) + 1
+        self.retries[(self.phase, index)] = tries
+        reason = f"a statement longer than {MAX_STATEMENT_TOKENS[self.phase]} tokens"
+        written = self.tokenizer.decode_str(self.phase_tokens[self.ends[-1] :])
+        is_return = written.lstrip().startswith("return ")
+        if tries > RETRIES_PER_STATEMENT and self._drop(index, is_return, reason):
+            return
+        self.rejected.append(reason)
+        self._rewind += len(self.phase_tokens) - self.ends[-1]
+        self._restart(self.phase_tokens[: self.ends[-1]])
+        self.retrying = True
+
+    def _overlong(self) -> bool:
+        """Whether the statement being written is longer than any the grammar needs."""
+        if not self.ends or (self.phase == 1 and INIT_HEAD not in self.text):
+            return False  # (the docstring is not a statement)
+        return len(self.phase_tokens) - self.ends[-1] > MAX_STATEMENT_TOKENS[self.phase]
+
+    def _take_back_copy(self) -> bool:
+        """A finished child that copies a program to avoid: back into `__init__`, to before
+        its last statement (the second last at the second copy, and so on), written again.
+        False when it is no copy, or copies were taken back enough."""
+        if self.is_copy is None or self.copies >= COPIES_PER_SEQUENCE:
+            return False
+        completion = self.tokenizer.decode_str(self.phase1_tokens) + self.text
+        if not self.is_copy(completion):
+            return False
+        fixed = [i for i, s in enumerate(self.init_statements) if s.strip() == "super().__init__()"]
+        written = [
+            i for i, s in enumerate(self.init_statements) if fixed and i > fixed[0] and s.strip()
+        ]
+        if not written:
+            return False
+        self.copies += 1
+        self.rejected.append("a copy of an earlier program")
+        index = written[-min(self.copies, len(written))]
+        self._back_into_init(self._kept_before(index))
+        self.retrying = True
+        return True
 
     def _rebuild_layer(self, statement: str) -> bool:
         """Back into `__init__`, to the statement that assigned a layer `statement` uses
@@ -410,7 +511,7 @@ class Constraint:
             return False
         statement = self.init_statements[index]
         # Once per statement as written: a fix that did not help is not made again.
-        key = (fix.attribute, fix.position, fix.size, statement.strip())
+        key = (fix.attribute, fix.position, fix.size, statement.strip(), fix.argument)
         patched = meta_check.patch_statement(statement, fix)
         init_text = self.tokenizer.decode_str(self.phase1_tokens)
         at = init_text.rfind(statement)
@@ -448,6 +549,13 @@ class Constraint:
         self.phase, self.phase_grammar = 1, phase1(self.compiled.text)
         self.ends, self.checked = list(self.phase1_ends), len(self.phase1_ends)
         self._restart(self.phase1_tokens[:keep])
+
+    @property
+    def hotter(self) -> bool:
+        """Whether the next token should be drawn hotter than asked: after a statement
+        taken back (not the one that just failed again), and for the rest of a child
+        taken back as a copy (at 0.2 the model writes the same copy again)."""
+        return self.retrying or self.copies > 0
 
     @property
     def first_free(self) -> int:
@@ -507,13 +615,16 @@ class Constraint:
         size fix writes again."""
         return self.queue[:] if self.queue else list(self.matcher.compute_ff_tokens())
 
-    def consume(self, token: int) -> None:
+    def consume(self, token: int, sampled: bool = True) -> None:
+        """Take the sequence's next token; `sampled`: drawn by the sampler, not forced
+        (forced tokens are decoded in batches, and do not spend the decode budget)."""
         if self.queue:  # the forced text, unless the caller chose another token
             if token == self.queue[0]:
                 self.queue.pop(0)
             else:
                 self.queue, self.queue_forward = [], []
         self.matcher.consume_token(token)
+        self.sampled += sampled
         self.phase_tokens.append(token)
         phase = self.phase
         self._advance_phase()
@@ -524,8 +635,12 @@ class Constraint:
                 if self.scoped:
                     self._narrow_scope()
                 if self.checks is not None:
-                    rewind = self._rewind
                     self._check_statements()
+                    # (Also right after a statement was taken back; not once the phase is
+                    # complete: closing would reopen it.)
                     close = self.budget and self.closing is None and not self.queue
-                    if close and self._rewind == rewind and not self.matcher.is_error():
+                    ended = self.matcher.is_error() or self.matcher.is_stopped()
+                    if close and not ended:
                         self._close()
+            elif self.checks is not None and not self.queue and self._overlong():
+                self._take_back_overlong()

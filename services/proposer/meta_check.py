@@ -98,7 +98,8 @@ class SizeFix:
 
     attribute: str  # the layer is `self.<attribute>`...
     position: int | None  # ...or the layer at this position in that nn.Sequential
-    size: int  # its first argument (in_features, in_channels, num_features, input_size)
+    size: int  # its first argument (in_features, in_channels, num_features, input_size)...
+    argument: int = 0  # ...or this one: 1 is a read-out Linear's out_features
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,9 @@ SIZED_LAYERS = frozenset({"Linear", "Conv1d", "BatchNorm1d", "LayerNorm", "GRU",
 
 
 def patch_statement(statement: str, fix: SizeFix) -> str | None:
-    """`statement` (`self.fc = nn.Linear(100, 10)`) with the layer's first argument set to
-    `fix.size`, or None where it does not build that layer with a positional size."""
+    """`statement` (`self.fc = nn.Linear(100, 10)`) with the layer's first argument (or the
+    one `fix.argument` says) set to `fix.size`, or None where it does not build that layer
+    with a positional size there."""
     indent = statement[: len(statement) - len(statement.lstrip())]
     try:
         tree = ast.parse(statement.strip())
@@ -170,9 +172,10 @@ def patch_statement(statement: str, fix: SizeFix) -> str | None:
         if not isinstance(inner, ast.Call):
             return None
         call = inner
-    if _layer_name(call) not in SIZED_LAYERS or not call.args:
+    sized = SIZED_LAYERS if fix.argument == 0 else {"Linear"}
+    if _layer_name(call) not in sized or len(call.args) <= fix.argument:
         return None
-    size = call.args[0]
+    size = call.args[fix.argument]
     assert size.end_lineno is not None and size.end_col_offset is not None
     data = statement.strip().encode()
     starts = [0] + [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
@@ -213,6 +216,9 @@ class _Interpreter:
         self.locals: dict[int, dict[str, Any]] = {1: {}, 2: {}}
         self.globals = {name: _Namespace(name) for name in ("self", "nn", "F", "torch")}
         self.fix: SizeFix | None = None  # the first wrong input size the statement met
+        # The Linear layer (attribute, position in its nn.Sequential) that made a tensor,
+        # by the tensor's id: a read-out of the wrong width is one to fix.
+        self.made_by: dict[int, tuple[str, int | None]] = {}
 
     # ------------------------------------------------------------ statements
 
@@ -263,6 +269,9 @@ class _Interpreter:
         if not isinstance(value, self.torch.Tensor):
             raise Rejected(f"forward returns a {type(value).__name__}, not a tensor of {expected}")
         if tuple(value.shape) != expected:
+            rows = tuple(value.shape[:-1]) == expected[:-1]
+            if rows and id(value) in self.made_by and self.fix is None:
+                self.fix = SizeFix(*self.made_by[id(value)], expected[-1], argument=1)
             raise Rejected(
                 f"forward returns shape {tuple(value.shape)} for an input of "
                 f"{self.spec.input_shape}; expected {expected}"
@@ -368,12 +377,18 @@ class _Interpreter:
         nn.Sequential, layer by layer)."""
         if not isinstance(layer, self.nn.Sequential) or len(args) != 1:
             self._note_size(name, None, layer, args[0])
-            return self._apply(layer, args, {})
+            return self._made(self._apply(layer, args, {}), layer, name, None)
         x = args[0]
         for position, inner in enumerate(layer):
             self._note_size(name, position, inner, x)
-            x = self._apply(inner, [x], {})
+            x = self._made(self._apply(inner, [x], {}), inner, name, position)
         return x
+
+    def _made(self, y: Any, layer: Any, name: str, position: int | None) -> Any:
+        """`y`, noted as made by `layer` when that is a Linear (its width can be fixed)."""
+        if type(layer) is self.nn.Linear and isinstance(y, self.torch.Tensor):
+            self.made_by[id(y)] = (name, position)
+        return y
 
     def _note_size(self, name: str, position: int | None, layer: Any, x: Any) -> None:
         nn = self.nn

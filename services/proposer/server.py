@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = addresses.DEFAULT_PORTS["proposer"]
 MAX_SAMPLES = 64
 MAX_NEW_TOKENS = 8192
+# Hashes of programs not to copy, per request (64 characters each: about 1.3 MB).
+MAX_AVOIDED = 20_000
 DEFAULT_MAX_NEW_TOKENS = 512
 # A GenerateRequest without `sampling` samples at the paper's middle temperature.
 DEFAULT_SAMPLING = base.Sampling(temperature=0.8, top_p=1.0, max_new_tokens=512)
@@ -48,8 +50,17 @@ _grpc_errors = grpc_server.error_statuses(
 
 def sampling_from(request: pb.GenerateRequest) -> base.Sampling:
     """The request's sampling settings, checked; fields left 0 take their defaults."""
+    if len(request.avoid_normalized_hashes) > MAX_AVOIDED:
+        raise BadRequest(
+            f"avoid_normalized_hashes holds at most {MAX_AVOIDED} hashes, got "
+            f"{len(request.avoid_normalized_hashes)}"
+        )
+    novelty = None
+    if request.avoid_normalized_hashes:
+        hashes = frozenset(request.avoid_normalized_hashes)
+        novelty = base.Novelty(request.program_opening, hashes)
     if not request.HasField("sampling"):
-        return dataclasses.replace(DEFAULT_SAMPLING, grammar=request.grammar)
+        return dataclasses.replace(DEFAULT_SAMPLING, grammar=request.grammar, novelty=novelty)
     s = request.sampling
     if not math.isfinite(s.temperature) or not 0 <= s.temperature <= 5:
         raise BadRequest(f"sampling.temperature must be in [0, 5] (0 greedy), got {s.temperature}")
@@ -68,6 +79,7 @@ def sampling_from(request: pb.GenerateRequest) -> base.Sampling:
         stop=tuple(s.stop),
         seed=s.seed or None,
         grammar=request.grammar,
+        novelty=novelty,
     )  # fmt: skip
 
 

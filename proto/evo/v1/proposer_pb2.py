@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from evo.v1 import common_pb2 as evo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65vo/v1/proposer.proto\x12\x06\x65vo.v1\x1a\x13\x65vo/v1/common.proto\"\x9e\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x05\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.evo.v1.SamplingParams\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\x17\n\x0fprogram_opening\x18\x05 \x01(\t\x12\x0f\n\x07grammar\x18\x14 \x01(\t\"\xa8\x01\n\x06Sample\x12\x16\n\x0eraw_completion\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x13\n\x0bparse_error\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x17\n\x0flatency_seconds\x18\x06 \x01(\x01\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\"j\n\x10GenerateResponse\x12\x1f\n\x07samples\x18\x01 \x03(\x0b\x32\x0e.evo.v1.Sample\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x12\n\nadapter_id\x18\x04 \x01(\t\"\x10\n\x0eGetInfoRequest\"\x86\x01\n\x14ProposerCapabilities\x12\x15\n\rprompt_tuning\x18\x01 \x01(\x08\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x01(\x08\x12\x18\n\x10\x62\x61tched_sampling\x18\x03 \x01(\x08\x12\x1a\n\x12max_context_tokens\x18\x04 \x01(\x05\x12\x0f\n\x07grammar\x18\x14 \x01(\t\"z\n\x0cProposerInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1c.evo.v1.ProposerCapabilities\x12\x13\n\x0b\x61\x64\x61pter_ids\x18\x04 \x03(\t\"\xa8\x01\n\x16TrainSoftPromptRequest\x12\x10\n\x08\x65xamples\x18\x01 \x03(\t\x12\x1a\n\x12num_virtual_tokens\x18\x02 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x17\n\x0finit_adapter_id\x18\x07 \x01(\t\"\x84\x01\n\x17TrainSoftPromptResponse\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65poch_losses\x18\x02 \x03(\x01\x12\x12\n\nfinal_loss\x18\x03 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x05\x12\x15\n\rtrain_seconds\x18\x05 \x01(\x01\x32\xd6\x01\n\x08Proposer\x12=\n\x08Generate\x12\x17.evo.v1.GenerateRequest\x1a\x18.evo.v1.GenerateResponse\x12\x37\n\x07GetInfo\x12\x16.evo.v1.GetInfoRequest\x1a\x14.evo.v1.ProposerInfo\x12R\n\x0fTrainSoftPrompt\x12\x1e.evo.v1.TrainSoftPromptRequest\x1a\x1f.evo.v1.TrainSoftPromptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65vo/v1/proposer.proto\x12\x06\x65vo.v1\x1a\x13\x65vo/v1/common.proto\"\xbf\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x05\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.evo.v1.SamplingParams\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\x17\n\x0fprogram_opening\x18\x05 \x01(\t\x12\x0f\n\x07grammar\x18\x14 \x01(\t\x12\x1f\n\x17\x61void_normalized_hashes\x18\x15 \x03(\t\"\xa8\x01\n\x06Sample\x12\x16\n\x0eraw_completion\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x13\n\x0bparse_error\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x17\n\x0flatency_seconds\x18\x06 \x01(\x01\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\"j\n\x10GenerateResponse\x12\x1f\n\x07samples\x18\x01 \x03(\x0b\x32\x0e.evo.v1.Sample\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x12\n\nadapter_id\x18\x04 \x01(\t\"\x10\n\x0eGetInfoRequest\"\x86\x01\n\x14ProposerCapabilities\x12\x15\n\rprompt_tuning\x18\x01 \x01(\x08\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x01(\x08\x12\x18\n\x10\x62\x61tched_sampling\x18\x03 \x01(\x08\x12\x1a\n\x12max_context_tokens\x18\x04 \x01(\x05\x12\x0f\n\x07grammar\x18\x14 \x01(\t\"z\n\x0cProposerInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1c.evo.v1.ProposerCapabilities\x12\x13\n\x0b\x61\x64\x61pter_ids\x18\x04 \x03(\t\"\xa8\x01\n\x16TrainSoftPromptRequest\x12\x10\n\x08\x65xamples\x18\x01 \x03(\t\x12\x1a\n\x12num_virtual_tokens\x18\x02 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x17\n\x0finit_adapter_id\x18\x07 \x01(\t\"\x84\x01\n\x17TrainSoftPromptResponse\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65poch_losses\x18\x02 \x03(\x01\x12\x12\n\nfinal_loss\x18\x03 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x05\x12\x15\n\rtrain_seconds\x18\x05 \x01(\x01\x32\xd6\x01\n\x08Proposer\x12=\n\x08Generate\x12\x17.evo.v1.GenerateRequest\x1a\x18.evo.v1.GenerateResponse\x12\x37\n\x07GetInfo\x12\x16.evo.v1.GetInfoRequest\x1a\x14.evo.v1.ProposerInfo\x12R\n\x0fTrainSoftPrompt\x12\x1e.evo.v1.TrainSoftPromptRequest\x1a\x1f.evo.v1.TrainSoftPromptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evo.v1.proposer_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=55
-  _globals['_GENERATEREQUEST']._serialized_end=213
-  _globals['_SAMPLE']._serialized_start=216
-  _globals['_SAMPLE']._serialized_end=384
-  _globals['_GENERATERESPONSE']._serialized_start=386
-  _globals['_GENERATERESPONSE']._serialized_end=492
-  _globals['_GETINFOREQUEST']._serialized_start=494
-  _globals['_GETINFOREQUEST']._serialized_end=510
-  _globals['_PROPOSERCAPABILITIES']._serialized_start=513
-  _globals['_PROPOSERCAPABILITIES']._serialized_end=647
-  _globals['_PROPOSERINFO']._serialized_start=649
-  _globals['_PROPOSERINFO']._serialized_end=771
-  _globals['_TRAINSOFTPROMPTREQUEST']._serialized_start=774
-  _globals['_TRAINSOFTPROMPTREQUEST']._serialized_end=942
-  _globals['_TRAINSOFTPROMPTRESPONSE']._serialized_start=945
-  _globals['_TRAINSOFTPROMPTRESPONSE']._serialized_end=1077
-  _globals['_PROPOSER']._serialized_start=1080
-  _globals['_PROPOSER']._serialized_end=1294
+  _globals['_GENERATEREQUEST']._serialized_end=246
+  _globals['_SAMPLE']._serialized_start=249
+  _globals['_SAMPLE']._serialized_end=417
+  _globals['_GENERATERESPONSE']._serialized_start=419
+  _globals['_GENERATERESPONSE']._serialized_end=525
+  _globals['_GETINFOREQUEST']._serialized_start=527
+  _globals['_GETINFOREQUEST']._serialized_end=543
+  _globals['_PROPOSERCAPABILITIES']._serialized_start=546
+  _globals['_PROPOSERCAPABILITIES']._serialized_end=680
+  _globals['_PROPOSERINFO']._serialized_start=682
+  _globals['_PROPOSERINFO']._serialized_end=804
+  _globals['_TRAINSOFTPROMPTREQUEST']._serialized_start=807
+  _globals['_TRAINSOFTPROMPTREQUEST']._serialized_end=975
+  _globals['_TRAINSOFTPROMPTRESPONSE']._serialized_start=978
+  _globals['_TRAINSOFTPROMPTRESPONSE']._serialized_end=1110
+  _globals['_PROPOSER']._serialized_start=1113
+  _globals['_PROPOSER']._serialized_end=1327
 # @@protoc_insertion_point(module_scope)

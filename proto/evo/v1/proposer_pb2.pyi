@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "num_samples", "sampling", "adapter_id", "program_opening", "grammar")
+    __slots__ = ("prompt", "num_samples", "sampling", "adapter_id", "program_opening", "grammar", "avoid_normalized_hashes")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_OPENING_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    AVOID_NORMALIZED_HASHES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     num_samples: int
     sampling: _common_pb2.SamplingParams
     adapter_id: str
     program_opening: str
     grammar: str
-    def __init__(self, prompt: _Optional[str] = ..., num_samples: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., program_opening: _Optional[str] = ..., grammar: _Optional[str] = ...) -> None: ...
+    avoid_normalized_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prompt: _Optional[str] = ..., num_samples: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., program_opening: _Optional[str] = ..., grammar: _Optional[str] = ..., avoid_normalized_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("raw_completion", "program", "parse_error", "prompt_tokens", "completion_tokens", "latency_seconds", "finish_reason")

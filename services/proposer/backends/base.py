@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from services.common import codehash
+
 
 class BackendError(Exception):
     """A failure of the model server or model, not of the request."""
@@ -42,6 +44,19 @@ class TimedOut(BackendError):
 
 
 @dataclass(frozen=True)
+class Novelty:
+    """Programs a child must not copy: their normalised hashes (services/common/codehash),
+    and the opening a completion continues, which makes a completion a program."""
+
+    opening: str
+    hashes: frozenset[str]
+
+    def copies(self, completion: str) -> bool:
+        """True when the program `completion` makes is one of the programs to avoid."""
+        return codehash.normalized_hash(self.opening + completion) in self.hashes
+
+
+@dataclass(frozen=True)
 class Sampling:
     """Sampling settings; temperature 0 means greedy, top_p 1.0 means no nucleus cut."""
 
@@ -52,6 +67,8 @@ class Sampling:
     seed: int | None = None
     # A Lark grammar the completion must follow (services.proposer.grammar); empty: free.
     grammar: str = ""
+    # Programs not to copy (used where statements are checked while sampling); None: any.
+    novelty: Novelty | None = None
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,12 @@ from services.proposer.backends.base import (
 MAX_PARALLEL = 16
 # The KV cache holds the prompt once plus every sequence's new tokens.
 CONTEXT_TOKENS = 16384
-# A sequence whose statements are taken back stops after this many times max_new_tokens.
-REWIND_BUDGET = 3
-# A statement sampled again after one that could not run is drawn at this temperature at
-# least: at 0.2 the model writes the same failing statement again.
+# A sequence whose statements are taken back stops after sampling this many times
+# max_new_tokens (forced tokens, decoded in batches, do not count).
+REWIND_BUDGET = 2
+# A statement sampled again after one that could not run, and the rest of a child taken
+# back as a copy, are drawn at this temperature at least: at 0.2 the model writes the same
+# failing statement, or the same copy, again.
 RETRY_TEMPERATURE = 0.8
 
 
@@ -75,6 +77,7 @@ class _Sequence:
     finish: str = ""
     row: int = -1  # its logits' row in the batch being decoded
     decoded: int = 0  # tokens sampled or forced, those taken back included
+    sampled: int = 0  # tokens sampled (not forced), those taken back included
 
 
 class LlamaCppBackend(Backend):
@@ -218,7 +221,14 @@ class LlamaCppBackend(Backend):
         if compiled is not None:
             try:
                 tokenizer = self.lltokenizer()
-                constraint = grammar.Constraint(compiled, tokenizer, True, sampling.max_new_tokens)
+                constraint = grammar.Constraint(
+                    compiled,
+                    tokenizer,
+                    check_statements=True,
+                    budget=sampling.max_new_tokens,
+                    decode_budget=REWIND_BUDGET * sampling.max_new_tokens,
+                    is_copy=sampling.novelty.copies if sampling.novelty else None,
+                )
             except grammar.GrammarError as e:
                 raise InvalidRequest(str(e)) from e
         return _Sequence(index, np.random.default_rng(seed), constraint)
@@ -330,13 +340,14 @@ class LlamaCppBackend(Backend):
         c = s.constraint
         # At most 64 forced tokens a step (the batch's room); the rest come next step.
         new = c.forced()[:64] if c is not None else []
-        if not new:
+        drawn = not new
+        if drawn:
             allowed = c.allowed() if c is not None else None
             if allowed is not None and not allowed.any():
                 s.finish = "eos_token"  # the grammar is complete
                 return
             temperature = sampling.temperature
-            if c is not None and c.retrying:  # not the statement that just failed again
+            if c is not None and c.hotter:  # not the same failing statement, or copy, again
                 temperature = max(temperature, RETRY_TEMPERATURE)
             new = [sample(logits, allowed, temperature, sampling.top_p, s.rng)]
         for token in new:
@@ -344,17 +355,18 @@ class LlamaCppBackend(Backend):
                 s.finish = "eos_token"
                 return
             s.decoded += 1
+            s.sampled += drawn
             s.tokens.append(token)
             s.text += self.pieces[token]
             if c is not None:
-                c.consume(token)
+                c.consume(token, sampled=drawn)
                 if c.error:
                     s.finish = "grammar_error"
                     return
                 if rewind := c.take_rewind():
                     del s.tokens[-rewind:]
                     s.text = bytearray(b"".join(self.pieces[t] for t in s.tokens))
-                    if s.decoded >= REWIND_BUDGET * sampling.max_new_tokens:
+                    if s.sampled >= REWIND_BUDGET * sampling.max_new_tokens:
                         s.finish = "length"
                     return
                 if c.done:
