@@ -370,6 +370,24 @@ def test_near_the_end_of_its_budget_a_child_is_closed_not_cut(lltokenizer) -> No
         feed(c, "        x = x\n", lltokenizer)
 
 
+def test_a_statement_over_several_lines_is_not_closed_in_the_middle(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A newline inside brackets ends no statement: closing there would make the half
+    statement the last one (`nn.Linear(100, 1),\n    def forward`), which cannot parse."""
+    body = dict(completions(MNIST))["mlp"]
+    one = "nn.Sequential(nn.Linear(40, 100), nn.ReLU())"
+    many = "nn.Sequential(\n            nn.Linear(40, 100),\n            nn.ReLU(),\n        )"
+    assert one in body
+    body = body.replace(one, many, 1)
+    inside = body.index("            nn.ReLU(),")
+    ended = body.index("\n", body.index(many) + len(many)) + 1
+    c = grammar.Constraint(grammar.Compiled.of(MNIST.grammar()), lltokenizer, True, budget=1)
+    assert feed(c, body[:inside], lltokenizer) == 0
+    assert c.closing is None  # every token is past the budget's closing point, yet open
+    feed(c, body[inside:ended], lltokenizer)
+    assert c.closing is not None and c.closing[0] == "init_stmts"
+    assert grammar.parse_error(MNIST.grammar(), body) == ""
+
+
 def test_a_finished_child_is_not_reopened_when_its_budget_runs_low(lltokenizer) -> None:  # type: ignore[no-untyped-def]
     """Closing near the budget's end makes the statements written so far forward's only
     ones; after the return's newline that would ask for a second return."""

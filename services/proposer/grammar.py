@@ -638,9 +638,11 @@ class Constraint:
                     self._check_statements()
                     # (Also right after a statement was taken back; not once the phase is
                     # complete: closing would reopen it.)
+                    # (Nor inside a statement a newline does not end: `nn.Sequential(`.)
                     close = self.budget and self.closing is None and not self.queue
                     ended = self.matcher.is_error() or self.matcher.is_stopped()
-                    if close and not ended:
+                    between = bool(self.ends) and self.ends[-1] == len(self.phase_tokens)
+                    if close and between and not ended:
                         self._close()
             elif self.checks is not None and not self.queue and self._overlong():
                 self._take_back_overlong()
