@@ -319,17 +319,44 @@ def test_a_statement_that_cannot_be_left_out_is_kept_when_retries_are_spent(
     assert "negative dimension" in c.rejected[-1] and not c.retrying
 
 
+def test_an_init_that_assigns_no_layer_is_taken_back_as_it_ends(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Sizes and flags only (the model copies the GRU seed's `self.hidden_size = 6` and
+    stops): nothing to train, and a forward that can call nothing."""
+    body = dict(completions(MNIST))["gru"]
+    head = body[: body.index("        super().__init__()\n") + len("        super().__init__()\n")]
+    layerless = head + "        self.hidden_size = 6\n\n" + FORWARD
+    c = grammar.Constraint(grammar.Compiled.of(MNIST.grammar()), lltokenizer, check_statements=True)
+    assert feed(c, layerless, lltokenizer) > 0
+    assert c.phase == 1 and c.rejected[-1].startswith("__init__ assigns no layer")
+    kept = bytes(c.phase_text).decode()
+    assert head.startswith(kept) or kept.rstrip(" ") == head
+    # With a layer it goes on to forward.
+    rest = (head + "        self.fc = nn.Linear(40, 10)\n\n" + FORWARD)[len(kept) :]
+    assert feed(c, rest, lltokenizer) == 0 and c.phase == 2
+
+
 def test_a_statement_that_runs_on_is_taken_back(lltokenizer) -> None:  # type: ignore[no-untyped-def]
     """The 135M model nests a call in itself until its budget ends (`self.f(self.f(...`);
     a statement longer than any the grammar needs is taken back before it is complete."""
     body = dict(completions(MNIST))["cnn"]
     cut = body.index("        return ")
+    forward = body[body.index(FORWARD) + len(FORWARD) : cut] + "        return "
+    runaway = forward + "self.linear(" * 40  # forward's text, as phase 2 sees it
     c = grammar.Constraint(grammar.Compiled.of(MNIST.grammar()), lltokenizer, check_statements=True)
     assert write(c, body[:cut], lltokenizer) == 0
     kept = bytes(c.phase_text)
-    assert feed(c, "        return " + "self.linear(" * 40, lltokenizer) > 0
+    assert feed(c, runaway[len(kept) :], lltokenizer) > 0
     assert bytes(c.phase_text) == kept and c.retrying
     assert c.rejected == [f"a statement longer than {grammar.MAX_STATEMENT_TOKENS[2]} tokens"]
+    # Again and again: then forward ends before the statement before the return (a return
+    # cannot be left out), and the return comes next.
+    for _ in range(grammar.RETRIES_PER_STATEMENT):
+        assert feed(c, runaway[len(c.phase_text) :], lltokenizer) > 0
+    assert c.rejected[-1].startswith("left out: a statement longer than")
+    assert c.closing is not None and c.closing[0] == "forward_stmts"
+    assert len(grammar.complete_statements(bytes(c.phase_text).decode())) < len(
+        grammar.complete_statements(kept.decode())
+    )
 
 
 def test_near_the_end_of_its_budget_a_child_is_closed_not_cut(lltokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -309,6 +309,8 @@ class Constraint:
         stopped = self.matcher.is_stopped() and not self.matcher.is_error()
         if self.phase == 1 and self.compiled.phases == 2 and stopped:
             done = self.tokenizer.decode_str(self.phase_tokens)
+            if self._take_back_layerless(done):
+                return
             self.phase_grammar = phase2(self.compiled.text, done)
             self.phase1_tokens, self.phase1_ends = self.phase_tokens, self.ends
             self.phase, self.phase_tokens, self.phase_text = 2, [], bytearray()
@@ -318,6 +320,30 @@ class Constraint:
             self.names = scope(2, "") if self.scoped else {}
             self.closing = None
             self.matcher = self._matcher(self._grammar())
+
+    def _take_back_layerless(self, init_text: str) -> bool:
+        """An `__init__` that assigns no layer (only sizes and flags) makes a model with
+        nothing to train, and under a grammar with `defined_module` a `forward` that can call
+        nothing: its last statement is taken back like one that cannot run. False when it
+        assigns a layer, or nothing more may be taken back."""
+        layered = defines(self.compiled.text, "defined_module")
+        if self.checks is None or not layered or _ASSIGNED_LAYER.search(init_text):
+            return False
+        statements = complete_statements(self.text)
+        written = [i for i, s in enumerate(statements) if s.strip() and i > self.first_free]
+        spent = len(self.rejected) >= RETRIES_PER_SEQUENCE or (
+            self.decode_budget and self.decode_budget - self.sampled < KEEP_AT
+        )
+        tries = self.retries.get((1, written[-1]), 0) + 1 if written else 0
+        if not written or spent or tries > RETRIES_PER_STATEMENT:
+            return False
+        self.retries[(1, written[-1])] = tries
+        self.rejected.append("__init__ assigns no layer: the model would have nothing to train")
+        keep = _last_end(self.ends[: written[-1]], self.ends[written[-1]])
+        self._rewind += len(self.phase_tokens) - keep
+        self._restart(self.phase_tokens[:keep])
+        self.retrying = True
+        return True
 
     def _narrow_scope(self) -> None:
         """After a newline: if a statement completed and assigned new names, a matcher whose
@@ -437,7 +463,9 @@ class Constraint:
         self.rejected.append(f"left out: {reason}")
         # (What comes in its place is a new statement, with retries of its own.)
         self.retries = {k: n for k, n in self.retries.items() if k[0] != self.phase or k[1] < cut}
-        keep = _last_end(self.ends[:cut], self.ends[cut])
+        # (A statement still open, one that runs on, has no end yet: the last end is before it.)
+        opened = cut == len(self.ends)
+        keep = self.ends[-1] if opened else _last_end(self.ends[:cut], self.ends[cut])
         self._rewind += len(self.phase_tokens) - keep
         self._restart(self.phase_tokens[:keep])
         self.retrying = True
@@ -626,8 +654,10 @@ class Constraint:
         self.matcher.consume_token(token)
         self.sampled += sampled
         self.phase_tokens.append(token)
-        phase = self.phase
+        phase, rewind = self.phase, self._rewind
         self._advance_phase()
+        if self._rewind != rewind:
+            return  # (taken back as it ended: `_take_back_layerless`)
         if (self.scoped or self.checks) and phase == self.phase:  # the phase's text
             piece = self.tokenizer.decode_bytes([token])
             self.phase_text += piece
