@@ -23,7 +23,9 @@ is also checked statement by statement where the backend can rewind a sequence
 (`Constraint(check_statements=True)`, the llamacpp backend): each complete statement is
 interpreted on meta tensors after those before it, and one that cannot run (a size that
 does not fit, an int called as a layer, the wrong output shape) is taken back, tokens and
-all, and sampled again, a few times at most; then it is kept and the trainer judges it.
+all, and sampled again, a few times at most; then it is left out (the phase closes before
+it), or, where it cannot be, kept for the trainer to judge. A finished child that copies a
+program the caller names (`is_copy`: the search's candidates) is taken back the same way.
 
 `parse_error` checks a finished text with Lark (pure Python): the controller uses it to
 refuse, at search start, a grammar that rejects one of the task's seeds.
@@ -175,6 +177,13 @@ def _last_end(ends: list[int], limit: int) -> int:
     """The last statement end (a token count) below `limit`: where a sequence may be taken
     back to, since a token may end one statement and begin the next."""
     return max((end for end in ends if end < limit), default=0)
+
+
+def _init_body(statements: list[str]) -> list[int]:
+    """The indices of `__init__`'s statements a child wrote: those after its fixed
+    `super().__init__()` line, blank lines left out."""
+    head = [i for i, s in enumerate(statements) if s.strip() == "super().__init__()"]
+    return [i for i, s in enumerate(statements) if head and i > head[0] and s.strip()]
 
 
 def _literal(text: str) -> str:
@@ -329,13 +338,9 @@ class Constraint:
         layered = defines(self.compiled.text, "defined_module")
         if self.checks is None or not layered or _ASSIGNED_LAYER.search(init_text):
             return False
-        statements = complete_statements(self.text)
-        written = [i for i, s in enumerate(statements) if s.strip() and i > self.first_free]
-        spent = len(self.rejected) >= RETRIES_PER_SEQUENCE or (
-            self.decode_budget and self.decode_budget - self.sampled < KEEP_AT
-        )
+        written = _init_body(complete_statements(self.text))
         tries = self.retries.get((1, written[-1]), 0) + 1 if written else 0
-        if not written or spent or tries > RETRIES_PER_STATEMENT:
+        if not written or self._spent or tries > RETRIES_PER_STATEMENT:
             return False
         self.retries[(1, written[-1])] = tries
         self.rejected.append("__init__ assigns no layer: the model would have nothing to train")
@@ -410,6 +415,13 @@ class Constraint:
             left = min(left, self.decode_budget - self.sampled)
         return left
 
+    @property
+    def _spent(self) -> bool:
+        """Nothing more is taken back: the child's retries are spent, or nearly its decode
+        budget (so that it ends inside it)."""
+        low = self.decode_budget and self.decode_budget - self.sampled < KEEP_AT
+        return len(self.rejected) >= RETRIES_PER_SEQUENCE or bool(low)
+
     def _check_statements(self) -> None:
         """Check the statements completed since the last check; take back one that fails."""
         assert self.checks is not None
@@ -422,9 +434,7 @@ class Constraint:
         verdict = meta_check.check(self.checks, init, forward, first_new=offset + self.checked)
         index = verdict.statement - offset
         tries = self.retries.get((self.phase, index), 0) + 1
-        spent = len(self.rejected) >= RETRIES_PER_SEQUENCE or (
-            self.decode_budget and self.decode_budget - self.sampled < KEEP_AT
-        )
+        spent = self._spent
         finished = verdict.ok and self.phase == 2 and self.matcher.is_stopped()
         if finished and not spent and self._take_back_copy():
             return
@@ -504,10 +514,7 @@ class Constraint:
         completion = self.tokenizer.decode_str(self.phase1_tokens) + self.text
         if not self.is_copy(completion):
             return False
-        fixed = [i for i, s in enumerate(self.init_statements) if s.strip() == "super().__init__()"]
-        written = [
-            i for i, s in enumerate(self.init_statements) if fixed and i > fixed[0] and s.strip()
-        ]
+        written = _init_body(self.init_statements)
         if not written:
             return False
         self.copies += 1
