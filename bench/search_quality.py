@@ -23,6 +23,8 @@ any new definition) instead of the paper's.
         [--methods evoprompting few-shot ...] [--rounds 3 --prompts 3 --samples 6 --steps 2000]
         [--sampling constrained free] [--novelty-resamples 2]   # LM methods once per choice
     .venv/bin/python -m bench.search_quality --out bench/quality --remeasure   # tables again
+    .venv/bin/python -m bench.search_quality --out bench/quality --combine part1 part2
+        # one table from runs made separately (their saved results; no services needed)
 
 With a served model: `evo up --lm-backend tgi --lm-url http://tgi-host:80` (or
 `--lm-backend openai --lm-url http://vllm:8000 --lm-model NAME`), then the same command;
@@ -242,8 +244,9 @@ def figures(outcomes: list[Outcome], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
     methods = list(dict.fromkeys(o.method for o in outcomes))
+    # (By label: a language-model method runs once per sampling, "evoprompting (free)".)
+    colours = dict(zip(methods, plt.get_cmap("tab10").colors, strict=False))
     fig, ax = plt.subplots(figsize=(8, 5))
     for method in methods:
         runs = [o.children_fitness for o in outcomes if o.method == method]
@@ -300,6 +303,27 @@ def figures(outcomes: list[Outcome], out: Path) -> None:
     plt.close(fig)
 
 
+def saved_outcome(saved: dict) -> Outcome:
+    """An Outcome read back from results.json (JSON made its round numbers strings)."""
+    rounds = {int(r): counts for r, counts in saved.pop("parsed_by_round").items()}
+    return Outcome(**saved, parsed_by_round=rounds)
+
+
+def combine(parts: list[Path], out: Path) -> None:
+    outcomes, args = [], []
+    for part in parts:
+        saved = json.loads((part / "results.json").read_text())
+        args.append(saved["args"])
+        outcomes += [saved_outcome(o) for o in saved["outcomes"]]
+    outcomes.sort(key=lambda o: (o.seed, o.method == "mutation", o.method))
+    (out / "results.json").write_text(
+        json.dumps({"args": args, "outcomes": [asdict(o) for o in outcomes]}, indent=1)
+    )
+    (out / "results.md").write_text(table(outcomes))
+    figures(outcomes, out)
+    print(table(outcomes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/quality"))
@@ -333,8 +357,19 @@ def main() -> None:
         help="run nothing: re-read the searches of --out/results.json from the lineage store "
         "and rewrite the tables and figures",
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="run nothing: join the saved results.json of these folders (runs of other seeds "
+        "or methods made separately) into --out, and write its tables and figures",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        combine(args.combine, args.out)
+        return
     lineage = Lineage(addresses.resolve("lineage", None))
     if args.remeasure:
         saved = json.loads((args.out / "results.json").read_text())
