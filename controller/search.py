@@ -67,6 +67,13 @@ def fitness_key(c: pb.Candidate) -> tuple[float, int]:
     return (-c.fitness, c.id)
 
 
+def runnable(header: str, program: str) -> str:
+    """A sampled class with the task's imports above it, as a seed has them: the code the
+    trainer runs (the model writes the class only; the prompt shows the imports once)."""
+    header = header.strip("\n")
+    return f"{header}\n\n\n{program.strip(chr(10))}\n" if header else program
+
+
 def member(c: pb.Candidate) -> Member:
     return Member(c.id, c.round_index, c.fitness)
 
@@ -348,7 +355,8 @@ class Search:
             child = pb.RecordCandidateRequest()
             child.CopyFrom(base)
             child.sample_index = attempt * n + j
-            child.code = self._runnable(s.program) if s.program.strip() else "# (empty)\n"
+            code = runnable(self.task.prompt_header, s.program) if s.program.strip() else ""
+            child.code = code or "# (empty)\n"
             child.raw_completion = s.raw_completion
             child.prompt_tokens = s.prompt_tokens
             child.completion_tokens = s.completion_tokens
@@ -371,12 +379,6 @@ class Search:
             + ", ".join(f"{count} {what}" for what, count in sorted(outcomes.items()))
         )
         return duplicates
-
-    def _runnable(self, program: str) -> str:
-        """The sampled class with the task's imports above it, as a seed has them."""
-        assert self.task is not None
-        header = self.task.prompt_header.strip("\n")
-        return f"{header}\n\n\n{program.strip(chr(10))}\n" if header else program
 
     def _mutate(self, r: int, existing: list[pb.Candidate]) -> None:
         """Regularised evolution, one batch a round: tournaments over the p youngest."""

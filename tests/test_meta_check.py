@@ -96,8 +96,19 @@ def test_every_seed_runs_to_its_return_and_a_wrong_read_out_is_caught(seed: str)
         ),
         # A first Linear whose input is not MNIST-1D's 40.
         ("        self.fc = nn.Linear(100, 10)\n", "        return self.fc(x)\n", "", "100"),
+        # A layer that takes the model over the trainer's cap (two demo children of
+        # 200 million and 12 billion parameters): the layer's own statement fails.
+        (
+            "        self.fc = nn.Linear(40, 4000)\n        self.big = nn.Linear(4000, 5000)\n",
+            "",
+            "self.big = nn.Linear(4000, 5000)",
+            "20,169,000 parameters, over the trainer's cap",
+        ),
     ],
-    ids=["rnn-input", "rnn-state", "int-called", "lazy-twice", "view", "tuple", "attr", "linear"],
+    ids=[
+        *("rnn-input", "rnn-state", "int-called", "lazy-twice", "view", "tuple", "attr"),
+        *("linear", "over-the-cap"),
+    ],
 )
 def test_what_the_embedded_model_gets_wrong_is_caught_at_its_statement(
     init: str, forward: str, failing: str, reason: str
@@ -465,20 +476,56 @@ def test_a_finished_copy_is_taken_back_into_init_and_written_hotter(lltokenizer)
     assert kept[:-1] == sorted(kept[:-1], reverse=True) and len(set(kept[:-1])) == len(kept) - 1
 
 
-def test_near_the_end_of_the_decode_budget_a_failing_statement_is_kept(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_near_the_end_of_the_decode_budget_a_failing_statement_is_left_out(lltokenizer) -> None:  # type: ignore[no-untyped-def]
     """Statements taken back spend the decode budget (taken-back tokens count); with too
-    little of it left, a child finishes with what it has rather than being cut."""
+    little of it left, a failing statement is not sampled again but left out where it can
+    be (a return: with the statement before it, and the return drawn again), since kept it
+    fails the child in the trainer for sure."""
     seed = dict(completions(MNIST))["cnn"]
     # A return of the wrong shape, which no layer size fixes.
     body = seed.replace("return self.linear(h.view(h.shape[0], -1))", "return self.conv3(h)")
     compiled = grammar.Compiled.of(MNIST.grammar())
-    for room, taken_back in ((grammar.KEEP_AT + 20, True), (grammar.KEEP_AT - 10, False)):
+    for room, left_out in ((grammar.KEEP_AT + 20, False), (grammar.KEEP_AT - 10, True)):
         c = grammar.Constraint(compiled, lltokenizer, True, 10_000, decode_budget=10_000)
         assert write(c, body[:-1], lltokenizer) == 0
         c.decode_budget = c.sampled + 1 + room  # at the return's newline: `room` left
-        assert (feed(c, "\n", lltokenizer) > 0) == taken_back
-        assert c.done != taken_back and c.kept_failing == (not taken_back)
-        assert "(2, 10)" in c.rejected[-1] if taken_back else not c.rejected
+        assert feed(c, "\n", lltokenizer) > 0 and not c.done
+        assert c.rejected[-1].startswith("left out: ") == left_out
+        assert "(2, 10)" in c.rejected[-1]
+        # Left out, forward is closed without the statement before the return, and a
+        # return is drawn again; taken back, the return alone is written again.
+        last = "conv2" if left_out else "conv3"
+        assert c.text.rstrip().endswith(f"h = F.relu(self.{last}(h))") and c.kept_failing == 0
+        assert c.closing is not None or not left_out
+
+
+def test_a_failing_statement_that_cannot_be_left_out_is_kept(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """forward's only statement, a return that cannot run: with the budget spent, the child
+    finishes with it (the trainer says why it fails) rather than being cut."""
+    seed = dict(completions(MNIST))["cnn"]
+    head = seed[: seed.index(FORWARD) + len(FORWARD)]
+    body = head + "\n        return self.conv3(x)\n"
+    compiled = grammar.Compiled.of(MNIST.grammar())
+    c = grammar.Constraint(compiled, lltokenizer, True, 10_000, decode_budget=10_000)
+    assert write(c, body[: body.index("return")], lltokenizer) == 0
+    c.decode_budget = c.sampled + grammar.KEEP_AT - 10
+    assert feed(c, body[body.index("return") :], lltokenizer) == 0
+    assert c.done and c.kept_failing == 1 and not c.rejected
+
+
+def test_past_the_decode_budget_a_failing_statement_is_kept_not_cut(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """The sampler stops at the first take-back past the decode budget, so a statement left
+    out then would end the child where it was cut back to (two demo children ended at
+    `def forward(self, x):`). Past it, the failing statement is kept and the child ends."""
+    seed = dict(completions(MNIST))["cnn"]
+    body = seed.replace("return self.linear(h.view(h.shape[0], -1))", "return self.conv3(h)")
+    compiled = grammar.Compiled.of(MNIST.grammar())
+    c = grammar.Constraint(compiled, lltokenizer, True, 10_000, decode_budget=10_000)
+    assert write(c, body[:-1], lltokenizer) == 0
+    c.decode_budget = c.sampled  # used up before the return's newline
+    assert feed(c, "\n", lltokenizer) == 0
+    assert c.done and c.kept_failing == 1 and not c.rejected
+    assert c.text.rstrip().endswith("return self.conv3(h)")
 
 
 def test_without_check_statements_nothing_is_taken_back(lltokenizer) -> None:  # type: ignore[no-untyped-def]

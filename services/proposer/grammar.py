@@ -438,7 +438,9 @@ class Constraint:
         finished = verdict.ok and self.phase == 2 and self.matcher.is_stopped()
         if finished and not spent and self._take_back_copy():
             return
-        if not (verdict.ok or spent) and tries > RETRIES_PER_STATEMENT:
+        # A statement that failed every retry, or any once the child's retries are spent,
+        # is left out where it can be: kept, it fails the child in the trainer for sure.
+        if not verdict.ok and (spent or tries > RETRIES_PER_STATEMENT):
             is_return = statements[index].lstrip().startswith("return ")
             spent = not self._drop(index, is_return, verdict.reason)
             if not spent:
@@ -466,9 +468,13 @@ class Constraint:
         """A statement that failed every retry: the phase ends without it (forward's
         return, which cannot be left out, without the statement before it), so the child
         is closed with what ran rather than kept with what cannot. False where the phase
-        would be left with no statement it needs (`__init__` needs one)."""
+        would be left with no statement it needs (`__init__` needs one), or once the decode
+        budget is used up: the sampler stops at a take-back past it, and the child would
+        end where it was cut back to (a `forward` with no body, in two demo children)."""
         cut = index - 1 if is_return and self.phase == 2 else index
         if cut <= self.first_free + (self.phase == 1):
+            return False
+        if self.decode_budget and self.sampled >= self.decode_budget:
             return False
         self.rejected.append(f"left out: {reason}")
         # (What comes in its place is a new statement, with retries of its own.)

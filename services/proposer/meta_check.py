@@ -38,6 +38,10 @@ _DIRECTIVE = re.compile(
 MAX_NUMBER = 10**12
 MAX_EXPONENT = 64
 MAX_SEQUENCE = 4096
+# The trainer's ceiling on a model's parameters (services/trainer/sandbox/base.py, Limits):
+# a child over it is refused before it is built, so a layer that takes it over the ceiling
+# (`nn.Linear(40000, 5000)`) is sampled again instead (a search may set a lower cap).
+MAX_PARAMS = 20_000_000
 
 # What a child may call beyond torch.nn's layers and torch.nn.functional.
 TORCH_FUNCTIONS = frozenset(
@@ -254,6 +258,8 @@ class _Interpreter:
             and target.value.id == "self"
         ):
             self.attributes[target.attr] = value
+            if isinstance(value, self.nn.Module):
+                self._check_size()
         elif isinstance(target, ast.Tuple):
             if not isinstance(value, (tuple, list)):
                 raise Rejected(f"cannot unpack {type(value).__name__} into {len(target.elts)}")
@@ -263,6 +269,17 @@ class _Interpreter:
                 self._assign(element, item)
         else:
             raise CannotJudge("assignment target")
+
+    def _check_size(self) -> None:
+        """Rejects the layer just assigned when the model's parameters pass MAX_PARAMS."""
+        from torch.nn.parameter import is_lazy
+
+        layers = [v for v in self.attributes.values() if isinstance(v, self.nn.Module)]
+        # (By identity: a layer assigned to two attributes is counted once.)
+        params = {id(p): p for layer in layers for p in layer.parameters() if not is_lazy(p)}
+        count = sum(p.numel() for p in params.values())
+        if count > MAX_PARAMS:
+            raise Rejected(f"{count:,} parameters, over the trainer's cap of {MAX_PARAMS:,}")
 
     def _returned(self, value: Any) -> None:
         expected = self.spec.output_shape
