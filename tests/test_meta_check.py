@@ -528,6 +528,53 @@ def test_past_the_decode_budget_a_failing_statement_is_kept_not_cut(lltokenizer)
     assert c.text.rstrip().endswith("return self.conv3(h)")
 
 
+def force(c: grammar.Constraint) -> list[str]:
+    """Consume the tokens the constraint forces, as the sampler does (they are not sampled),
+    until it forces none; the reasons of what was taken back meanwhile."""
+    taken_back = []
+    for _ in range(200):
+        tokens = c.forced()
+        if not tokens or c.done:
+            break
+        for token in tokens[:64]:
+            c.consume(token, sampled=False)
+            if c.take_rewind():
+                taken_back.append(c.rejected[-1])
+    return taken_back
+
+
+def test_a_size_fix_is_made_once_retries_are_spent_and_not_past_the_budget(lltokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A size fix samples nothing (its text is forced), so it is made near the end of the
+    decode budget too (4 of 13 failed demo children returned a `Linear` of the wrong sizes);
+    past the budget the sampler would stop at its take-back, so the statement is kept."""
+    seed = dict(completions(MNIST))["cnn"]
+    head = seed[: seed.index(grammar.INIT_HEAD) + len(grammar.INIT_HEAD)]
+    body = (
+        head
+        + "        self.fc1 = nn.Linear(256, 1024)\n"
+        + FORWARD
+        + "\n        return self.fc1(x)\n"
+    )
+    at = body.index("        return")
+    compiled = grammar.Compiled.of(MNIST.grammar())
+    for room, fixed in ((grammar.KEEP_AT - 10, True), (0, False)):
+        c = grammar.Constraint(compiled, lltokenizer, True, 10_000, decode_budget=10_000)
+        assert write(c, body[:at], lltokenizer) == 0
+        c.decode_budget = c.sampled + room
+        assert (feed(c, body[at:], lltokenizer) > 0) == fixed
+        if not fixed:
+            assert c.done and c.kept_failing == 1 and not c.fixes
+            continue
+        # The input size first; then, forward replayed, the read-out's width.
+        assert "[2, 40] X [256, 1024]" in c.rejected[0]
+        assert force(c) == [
+            "forward returns shape (2, 1024) for an input of (2, 40); expected (2, 10)"
+        ]
+        assert [f[:3] for f in c.fixes] == [("fc1", None, 40), ("fc1", None, 10)]
+        assert c.done and c.kept_failing == 0
+        assert "self.fc1 = nn.Linear(40, 10)\n" in lltokenizer.decode_str(c.phase1_tokens)
+
+
 def test_without_check_statements_nothing_is_taken_back(lltokenizer) -> None:  # type: ignore[no-untyped-def]
     """Backends that cannot rewind (the hf backend's logits processor) only mask."""
     body = dict(completions(MNIST))["cnn"].replace(
