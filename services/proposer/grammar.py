@@ -428,8 +428,15 @@ class Constraint:
         return bool(self.decode_budget) and self.sampled >= self.decode_budget
 
     def _size_fix(self, verdict: meta_check.Verdict) -> meta_check.SizeFix | None:
-        """The size fix a failing forward statement comes with, where one may be made now."""
-        return verdict.fix if self.phase == 2 and not self._budget_used else None
+        """The size fix a failing statement comes with (made in `forward` only, where the
+        layer's input is known)."""
+        return verdict.fix if self.phase == 2 else None
+
+    @property
+    def rewriting(self) -> bool:
+        """Whether a size fix's text is being forced again: the sampler goes on then, past
+        its decode budget too (forced tokens are not sampled, and fixes are bounded)."""
+        return bool(self.queue)
 
     def _check_statements(self) -> None:
         """Check the statements completed since the last check; take back one that fails."""
@@ -448,8 +455,9 @@ class Constraint:
         if finished and not spent and self._take_back_copy():
             return
         # A size fix samples nothing (the text after the layer is forced as it was), so it
-        # is made even once the child's retries are spent, while the decode budget lasts
-        # (a `Linear(256, 1024)` returned on the 40 inputs: 4 of 13 demo failures).
+        # is made even once the child's retries are spent, and past the decode budget (the
+        # sampler goes on while it is `rewriting`): a `Linear(256, 1024)` returned on the 40
+        # inputs, in 4 of 13 failed demo children, has its sizes computed.
         if not verdict.ok and spent and (fix := self._size_fix(verdict)) and self._fix_size(fix):
             self.rejected.append(verdict.reason)
             return

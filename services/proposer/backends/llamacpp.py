@@ -366,7 +366,7 @@ class LlamaCppBackend(Backend):
                 if rewind := c.take_rewind():
                     del s.tokens[-rewind:]
                     s.text = bytearray(b"".join(self.pieces[t] for t in s.tokens))
-                    if s.sampled >= REWIND_BUDGET * sampling.max_new_tokens:
+                    if s.sampled >= REWIND_BUDGET * sampling.max_new_tokens and not c.rewriting:
                         s.finish = "length"
                     return
                 if c.done:
