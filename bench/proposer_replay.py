@@ -103,6 +103,9 @@ def main() -> None:
         for sample in reply.samples:
             if sample.parse_error or not sample.program:
                 verdicts.append("does not parse")
+                if args.show:
+                    print(f"\n# does not parse ({sample.finish_reason}): {sample.parse_error}")
+                    print(sample.raw_completion[-600:])
                 continue
             code = runnable(task.prompt_header, sample.program)
             verdict = build_verdict(trainers, config.task, task.language, code, args.steps)
