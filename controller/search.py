@@ -347,6 +347,7 @@ class Search:
             return []
         outcomes: Counter[str] = Counter()
         duplicates: list[int] = []
+        header = self.task.prompt_header
         for k, j in enumerate(missing):
             at = j - indices.start if attempt == 0 else k
             if at >= len(reply.samples):
@@ -355,8 +356,7 @@ class Search:
             child = pb.RecordCandidateRequest()
             child.CopyFrom(base)
             child.sample_index = attempt * n + j
-            code = runnable(self.task.prompt_header, s.program) if s.program.strip() else ""
-            child.code = code or "# (empty)\n"
+            child.code = runnable(header, s.program) if s.program.strip() else "# (empty)\n"
             child.raw_completion = s.raw_completion
             child.prompt_tokens = s.prompt_tokens
             child.completion_tokens = s.completion_tokens

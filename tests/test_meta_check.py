@@ -52,6 +52,14 @@ def test_every_seed_runs_to_its_return_and_a_wrong_read_out_is_caught(seed: str)
     assert "(2, 11)" in verdict.reason and "expected (2, 10)" in verdict.reason
 
 
+def test_the_parameter_cap_is_the_trainers() -> None:
+    """The proposer cannot import the trainer's limits (another service, another image), so
+    the cap is written twice; this keeps the two the same."""
+    from services.trainer.sandbox.base import Limits
+
+    assert Limits().max_params == meta_check.MAX_PARAMS
+
+
 @pytest.mark.parametrize(
     ("init", "forward", "failing", "reason"),
     [
@@ -250,6 +258,22 @@ def write(c: grammar.Constraint, body: str, tok) -> int:  # type: ignore[no-unty
     return feed(c, body[cut + len(c.phase_text) :], tok)
 
 
+def force(c: grammar.Constraint) -> list[str]:
+    """Consume the tokens the constraint forces, as the sampler does (they are not sampled),
+    until it forces none; the reasons of what was taken back meanwhile."""
+    taken_back = []
+    for _ in range(200):
+        tokens = c.forced()
+        if not tokens or c.done:
+            break
+        for token in tokens[:64]:
+            c.consume(token, sampled=False)
+            assert not c.error
+            if c.take_rewind():
+                taken_back.append(c.rejected[-1])
+    return taken_back
+
+
 def test_a_seed_is_sampled_without_any_statement_taken_back(lltokenizer) -> None:  # type: ignore[no-untyped-def]
     compiled = grammar.Compiled.of(MNIST.grammar())
     for name, body in completions(MNIST):
@@ -271,13 +295,7 @@ def test_a_layer_given_the_wrong_input_size_is_written_again_with_the_right_one(
     assert "Expected 4, got 1" in c.rejected[-1]
     # ...and the text from there is forced: the GRU with input size 1, then the rest of
     # __init__ and forward as written, which now runs.
-    for _ in range(100):
-        tokens = c.forced()
-        if not tokens or c.done:
-            break
-        for token in tokens[:64]:
-            c.consume(token)
-            assert c.take_rewind() == 0 and not c.error
+    assert force(c) == []
     assert c.phase == 2 and [f[:3] for f in c.fixes] == [("rnn", None, 1)]
     text = lltokenizer.decode_str(c.phase1_tokens) + bytes(c.phase_text).decode()
     written = body[: body.index("        return ")]
@@ -526,21 +544,6 @@ def test_past_the_decode_budget_a_failing_statement_is_kept_not_cut(lltokenizer)
     assert feed(c, "\n", lltokenizer) == 0
     assert c.done and c.kept_failing == 1 and not c.rejected
     assert c.text.rstrip().endswith("return self.conv3(h)")
-
-
-def force(c: grammar.Constraint) -> list[str]:
-    """Consume the tokens the constraint forces, as the sampler does (they are not sampled),
-    until it forces none; the reasons of what was taken back meanwhile."""
-    taken_back = []
-    for _ in range(200):
-        tokens = c.forced()
-        if not tokens or c.done:
-            break
-        for token in tokens[:64]:
-            c.consume(token, sampled=False)
-            if c.take_rewind():
-                taken_back.append(c.rejected[-1])
-    return taken_back
 
 
 def test_a_size_fix_is_made_once_retries_are_spent_and_past_the_budget(lltokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -475,7 +475,7 @@ class Constraint:
             return
         self.retries[(self.phase, index)] = tries
         self.rejected.append(verdict.reason)
-        if self.phase == 2 and verdict.fix is not None and self._fix_size(verdict.fix):
+        if (fix := self._size_fix(verdict)) and self._fix_size(fix):
             return
         if tries > RETRIES_ALONE and self.phase == 2 and self._rebuild_layer(statements[index]):
             return
